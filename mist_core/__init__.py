@@ -1,0 +1,88 @@
+"""mist: estimate and maximise mutual information between representations and targets.
+
+The public API follows the seed notebook (a torch-mist tutorial): change its imports to
+``from mist_core import ...`` and it runs.
+"""
+
+from mist_core.distributions import (
+    ConditionalTransformedNormal,
+    EMANorm,
+    TransformedNormal,
+    conditional_transformed_normal,
+    transformed_normal,
+)
+from mist_core.estimators import (
+    BA,
+    CLUB,
+    ESTIMATORS,
+    JS,
+    MINE,
+    NWJ,
+    SMILE,
+    DoE,
+    InfoNCE,
+    L1Out,
+    MIEstimator,
+    MultiMIEstimator,
+    TransformedMIEstimator,
+    ba,
+    build_estimator,
+    club,
+    doe,
+    infonce,
+    js,
+    l1out,
+    mine,
+    nwj,
+    smile,
+)
+from mist_core.freeze import freeze, is_frozen
+from mist_core.training import (
+    EstimateResult,
+    Progress,
+    estimate_mi,
+    evaluate_mi,
+    resolve_device,
+    train_mi_estimator,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BA",
+    "CLUB",
+    "ESTIMATORS",
+    "JS",
+    "MINE",
+    "NWJ",
+    "SMILE",
+    "ConditionalTransformedNormal",
+    "DoE",
+    "EMANorm",
+    "EstimateResult",
+    "InfoNCE",
+    "L1Out",
+    "MIEstimator",
+    "MultiMIEstimator",
+    "Progress",
+    "TransformedMIEstimator",
+    "TransformedNormal",
+    "ba",
+    "build_estimator",
+    "club",
+    "conditional_transformed_normal",
+    "doe",
+    "estimate_mi",
+    "evaluate_mi",
+    "freeze",
+    "infonce",
+    "is_frozen",
+    "js",
+    "l1out",
+    "mine",
+    "nwj",
+    "resolve_device",
+    "smile",
+    "train_mi_estimator",
+    "transformed_normal",
+]

@@ -1,0 +1,329 @@
+"""Trainable densities q(y) and q(y | x) as normalizing flows over a standard normal.
+
+A density is an ``nn.Module``; asking it for a distribution returns an ordinary
+:class:`torch.distributions.Distribution` (zuko's convention), so ``.log_prob`` and
+``.sample`` need no extra API::
+
+    q_y = transformed_normal(2, hidden_dims=[64])
+    q_y.log_prob(y)                      # y: [..., 2] -> [...]
+    q_y_x = conditional_transformed_normal(2, context_dim=512, hidden_dims=[128, 64])
+    q_y_x.condition(x).log_prob(y)       # x: [..., 512] broadcast against y: [..., 2]
+
+The flows map data ``y`` towards the base ``N(0, I)``: the first layer is the EMA
+standardiser (``normalization="emanorm"``), so raw pixel coordinates train from step one.
+
+References:
+    Papamakarios et al., "Masked Autoregressive Flow for Density Estimation", NeurIPS 2017.
+    Durkan et al., "Neural Spline Flows", NeurIPS 2019.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Size, Tensor, nn
+from torch.distributions import Distribution, Independent, Normal, Transform
+
+from mist_core._validation import strict_kwargs
+from mist_core.distributions._zuko import (
+    DependentTransform,
+    Flow,
+    LazyDistribution,
+    LazyTransform,
+    MaskedAutoregressiveTransform,
+    MonotonicAffineTransform,
+    MonotonicRQSTransform,
+    NormalizingFlow,
+)
+from mist_core.distributions.normalization import EMANorm
+
+__all__ = [
+    "CONDITIONAL_TRANSFORMS",
+    "NORMALIZATIONS",
+    "TRANSFORMS",
+    "ConditionalTransformedNormal",
+    "TransformedNormal",
+    "conditional_transformed_normal",
+    "transformed_normal",
+]
+
+NORMALIZATIONS = ("emanorm", None)
+SPLINE_BINS = 8
+
+
+class StandardNormal(LazyDistribution):
+    """The base ``N(0, I)`` over ``D`` features (buffers, so it follows ``.to(device)``)."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.register_buffer("loc", torch.zeros(features))
+        self.register_buffer("scale", torch.ones(features))
+
+    def forward(self, c: Tensor | None = None) -> Distribution:
+        return Independent(Normal(self.loc, self.scale, validate_args=False), 1, validate_args=False)
+
+
+class DiagonalAffine(LazyTransform):
+    r"""Element-wise :math:`z = e^{a} y + b`; ``a, b`` are parameters or an MLP of the context."""
+
+    def __init__(self, features: int, context: int = 0, hidden_features: Sequence[int] = ()) -> None:
+        super().__init__()
+        self.features = features
+        if context > 0:
+            self.hyper: nn.Module | None = _mlp(context, hidden_features, 2 * features)
+        else:
+            self.hyper = None
+            self.shift = nn.Parameter(torch.zeros(features))
+            self.log_scale = nn.Parameter(torch.zeros(features))
+
+    def forward(self, c: Tensor | None = None) -> Transform:
+        if self.hyper is None:
+            shift, scale = self.shift, self.log_scale
+        else:
+            shift, scale = self.hyper(c).chunk(2, dim=-1)
+        return DependentTransform(MonotonicAffineTransform(shift, scale), 1)
+
+
+def _mlp(in_features: int, hidden: Sequence[int], out_features: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_features, width), nn.ReLU()]
+        in_features = width
+    layers.append(nn.Linear(in_features, out_features))
+    return nn.Sequential(*layers)
+
+
+def _affine_autoregressive(
+    features: int, context: int, hidden: Sequence[int], index: int
+) -> LazyTransform:
+    # Alternate the variable order between stacked layers, as in MAF.
+    order = torch.arange(features) if index % 2 == 0 else torch.arange(features).flip(0)
+    return MaskedAutoregressiveTransform(
+        features, context, order=order, hidden_features=tuple(hidden)
+    )
+
+
+def _spline_autoregressive(
+    features: int, context: int, hidden: Sequence[int], index: int
+) -> LazyTransform:
+    order = torch.arange(features) if index % 2 == 0 else torch.arange(features).flip(0)
+    return MaskedAutoregressiveTransform(
+        features,
+        context,
+        order=order,
+        univariate=MonotonicRQSTransform,
+        shapes=[(SPLINE_BINS,), (SPLINE_BINS,), (SPLINE_BINS - 1,)],
+        hidden_features=tuple(hidden),
+    )
+
+
+def _diagonal_affine(features: int, context: int, hidden: Sequence[int], index: int) -> LazyTransform:
+    return DiagonalAffine(features, context, hidden)
+
+
+_LayerFactory = Callable[[int, int, Sequence[int], int], LazyTransform]
+
+#: Unconditional flow layers for :func:`transformed_normal`, by name.
+TRANSFORMS: dict[str, _LayerFactory] = {
+    "affine_autoregressive": _affine_autoregressive,
+    "spline_autoregressive": _spline_autoregressive,
+    "diagonal_affine": _diagonal_affine,
+}
+#: Conditional flow layers for :func:`conditional_transformed_normal`, by name.
+CONDITIONAL_TRANSFORMS: dict[str, _LayerFactory] = {
+    "conditional_affine_autoregressive": _affine_autoregressive,
+    "conditional_spline_autoregressive": _spline_autoregressive,
+    "conditional_diagonal_affine": _diagonal_affine,
+}
+
+
+class _ObservedFlow(NormalizingFlow):
+    """A flow distribution that shows data to the standardiser before scoring it."""
+
+    def __init__(self, transform: Transform, base: Distribution, norm: EMANorm | None) -> None:
+        super().__init__(transform, base)
+        self._norm = norm
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        if self._norm is not None and self._norm.training:
+            self._norm.observe(x)
+        # Broadcast y against the context's batch shape up front: some layers size their
+        # log-determinant by y alone.
+        shape = torch.broadcast_shapes(x.shape, self.batch_shape + self.event_shape)
+        return super().log_prob(x.expand(shape))
+
+    def expand(self, batch_shape: Size, new: Distribution | None = None) -> Distribution:
+        new = super().expand(batch_shape, new)
+        new._norm = self._norm
+        return new
+
+
+class _FlowDensity(nn.Module):
+    """Shared plumbing: a zuko ``Flow`` with an optional EMA standardiser in front."""
+
+    def __init__(
+        self, layers: list[LazyTransform], features: int, normalization: EMANorm | None
+    ) -> None:
+        super().__init__()
+        self.features = features
+        self.normalization = normalization
+        transforms = ([normalization] if normalization is not None else []) + layers
+        self.flow = Flow(transforms, StandardNormal(features))
+
+    def _distribution(self, context: Tensor | None) -> Distribution:
+        flow = self.flow(context)
+        return _ObservedFlow(flow.transform, flow.base, self.normalization)
+
+    def _check_y(self, y: Tensor) -> None:
+        if y.shape[-1] != self.features:
+            raise ValueError(
+                f"this density is over {self.features}-d vectors; got y of shape {tuple(y.shape)}"
+            )
+
+
+class TransformedNormal(_FlowDensity):
+    r"""A trainable density :math:`q(y)` over ``[..., D]`` vectors.
+
+    ``log_prob(y)`` maps ``[..., D] -> [...]``; ``sample(shape)`` returns ``[*shape, D]``.
+    In training mode, ``log_prob`` also updates the EMA standardiser with ``y``.
+    """
+
+    def distribution(self) -> Distribution:
+        """The density as a :class:`torch.distributions.Distribution`."""
+        return self._distribution(None)
+
+    def forward(self) -> Distribution:
+        return self.distribution()
+
+    def log_prob(self, y: Tensor) -> Tensor:
+        self._check_y(y)
+        return self.distribution().log_prob(y)
+
+    def sample(self, sample_shape: Sequence[int] = ()) -> Tensor:
+        return self.distribution().sample(Size(sample_shape))
+
+    def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:
+        return self.distribution().rsample(Size(sample_shape))
+
+
+class ConditionalTransformedNormal(_FlowDensity):
+    r"""A trainable conditional density :math:`q(y \mid x)`.
+
+    ``condition(x)`` with ``x: [..., C]`` returns a distribution over ``[..., D]`` whose
+    ``log_prob(y)`` broadcasts the leading shapes of ``x`` and ``y``, e.g. a ``[1, 1, C]``
+    context against a ``[H, W, D]`` grid gives ``[H, W]``.
+    """
+
+    def __init__(
+        self,
+        layers: list[LazyTransform],
+        features: int,
+        context_features: int,
+        normalization: EMANorm | None,
+    ) -> None:
+        super().__init__(layers, features, normalization)
+        self.context_features = context_features
+
+    def condition(self, context: Tensor) -> Distribution:
+        """The distribution :math:`q(y \\mid x = \\text{context})`, batch shape ``context[:-1]``."""
+        if context.shape[-1] != self.context_features:
+            raise ValueError(
+                f"this density is conditioned on {self.context_features}-d vectors; "
+                f"got a context of shape {tuple(context.shape)}"
+            )
+        return self._distribution(context)
+
+    def forward(self, context: Tensor) -> Distribution:
+        return self.condition(context)
+
+    def log_prob(self, y: Tensor, context: Tensor) -> Tensor:
+        """``log q(y | context)``, broadcasting ``y: [..., D]`` against ``context: [..., C]``."""
+        self._check_y(y)
+        return self.condition(context).log_prob(y)
+
+
+def _check_common(
+    name: str,
+    valid: dict[str, _LayerFactory],
+    hidden_dims: Sequence[int],
+    normalization: str | None,
+    n_transforms: int,
+    **dims: int,
+) -> None:
+    if name not in valid:
+        raise ValueError(
+            f"unknown transform_name {name!r}; valid names: {', '.join(sorted(valid))}"
+        )
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"unknown normalization {normalization!r}; valid values: 'emanorm' or None"
+        )
+    if not isinstance(n_transforms, int) or n_transforms < 1:
+        raise ValueError(f"n_transforms must be a positive integer, got {n_transforms!r}")
+    if isinstance(hidden_dims, (int, str)) or any(
+        not isinstance(h, int) or h < 1 for h in hidden_dims
+    ):
+        raise ValueError(f"hidden_dims must be a list of positive integers, got {hidden_dims!r}")
+    for key, value in dims.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+
+
+@strict_kwargs
+def transformed_normal(
+    input_dim: int,
+    hidden_dims: Sequence[int] = (64,),
+    transform_name: str = "affine_autoregressive",
+    normalization: str | None = "emanorm",
+    n_transforms: int = 1,
+) -> TransformedNormal:
+    """Build a trainable :math:`q(y)` for ``input_dim``-d vectors by name.
+
+    Args:
+        input_dim: ``D``, the size of ``y``.
+        hidden_dims: widths of the autoregressive network's hidden layers.
+        transform_name: one of :data:`TRANSFORMS`.
+        normalization: ``"emanorm"`` (EMA standardiser first) or ``None``.
+        n_transforms: how many flow layers to stack (orders alternate).
+    """
+    _check_common(
+        transform_name, TRANSFORMS, hidden_dims, normalization, n_transforms, input_dim=input_dim
+    )
+    layers = [TRANSFORMS[transform_name](input_dim, 0, hidden_dims, i) for i in range(n_transforms)]
+    norm = EMANorm(input_dim) if normalization == "emanorm" else None
+    return TransformedNormal(layers, input_dim, norm)
+
+
+@strict_kwargs
+def conditional_transformed_normal(
+    input_dim: int,
+    context_dim: int,
+    hidden_dims: Sequence[int] = (128, 64),
+    transform_name: str = "conditional_affine_autoregressive",
+    normalization: str | None = "emanorm",
+    n_transforms: int = 1,
+) -> ConditionalTransformedNormal:
+    """Build a trainable :math:`q(y \\mid x)` by name.
+
+    Args:
+        input_dim: ``D``, the size of ``y``.
+        context_dim: ``C``, the size of ``x``; it feeds every hidden layer's input.
+        hidden_dims: widths of the conditioner network's hidden layers.
+        transform_name: one of :data:`CONDITIONAL_TRANSFORMS`.
+        normalization: ``"emanorm"`` (EMA standardiser on ``y`` first) or ``None``.
+        n_transforms: how many flow layers to stack (orders alternate).
+    """
+    _check_common(
+        transform_name,
+        CONDITIONAL_TRANSFORMS,
+        hidden_dims,
+        normalization,
+        n_transforms,
+        input_dim=input_dim,
+        context_dim=context_dim,
+    )
+    factory = CONDITIONAL_TRANSFORMS[transform_name]
+    layers = [factory(input_dim, context_dim, hidden_dims, i) for i in range(n_transforms)]
+    norm = EMANorm(input_dim) if normalization == "emanorm" else None
+    return ConditionalTransformedNormal(layers, input_dim, context_dim, norm)

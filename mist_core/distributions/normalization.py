@@ -1,0 +1,99 @@
+"""EMA standardiser: a flow layer that maps raw data to roughly zero mean and unit variance.
+
+The statistics live in buffers (not parameters, so optimisers never touch them and
+``state_dict`` round-trips them). They are set from the first batch observed in training
+mode, then tracked with an exponential moving average under ``no_grad``; in eval mode they
+are frozen. The map is affine, so its log-determinant is counted exactly in the density.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.distributions import Transform, constraints
+
+from mist_core.distributions._zuko import LazyTransform
+
+__all__ = ["EMANorm"]
+
+
+class EMANorm(LazyTransform):
+    r"""Standardises :math:`y \mapsto (y - \mu) / (\sigma + \epsilon)` with running statistics.
+
+    Args:
+        features: size ``D`` of the last dimension of the data.
+        momentum: weight of a new batch in the moving average (``0 < momentum <= 1``).
+        eps: floor added to the standard deviation, in data units.
+
+    ``EMANorm()(context)`` returns a :class:`torch.distributions.Transform` that reads the
+    statistics when it is applied, so a batch observed just before evaluation is already
+    used for it. Call :meth:`observe` with a batch ``[..., D]`` to update the statistics;
+    it does nothing in eval mode.
+    """
+
+    def __init__(self, features: int, momentum: float = 0.01, eps: float = 1e-6) -> None:
+        super().__init__()
+        if features < 1:
+            raise ValueError(f"features must be >= 1, got {features}")
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum must lie in (0, 1], got {momentum}")
+        self.features = features
+        self.momentum = momentum
+        self.eps = eps
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("std", torch.ones(features))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    def extra_repr(self) -> str:
+        return f"features={self.features}, momentum={self.momentum}"
+
+    @torch.no_grad()
+    def observe(self, y: Tensor) -> None:
+        """Update the running statistics from ``y`` of shape ``[..., D]`` (training mode only)."""
+        if not self.training:
+            return
+        if y.shape[-1] != self.features:
+            raise ValueError(
+                f"EMANorm expects data with last dimension {self.features}, got shape {tuple(y.shape)}"
+            )
+        flat = y.detach().reshape(-1, self.features).to(self.mean.dtype)
+        if flat.shape[0] < 2:
+            return  # one sample says nothing about the spread
+        mean = flat.mean(0)
+        std = flat.std(0, unbiased=False)
+        if not bool(self.initialized):
+            self.mean.copy_(mean)
+            self.std.copy_(std)
+            self.initialized.fill_(True)
+        else:
+            self.mean.lerp_(mean, self.momentum)
+            self.std.lerp_(std, self.momentum)
+
+    def forward(self, c: Tensor | None = None) -> Transform:
+        return _Standardize(self)
+
+
+class _Standardize(Transform):
+    """The affine map of an :class:`EMANorm`, reading its buffers at call time."""
+
+    domain = constraints.independent(constraints.real, 1)
+    codomain = constraints.independent(constraints.real, 1)
+    bijective = True
+    sign = +1
+
+    def __init__(self, norm: EMANorm) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def _scale(self) -> Tensor:
+        return self.norm.std + self.norm.eps
+
+    def _call(self, y: Tensor) -> Tensor:
+        return (y - self.norm.mean) / self._scale()
+
+    def _inverse(self, z: Tensor) -> Tensor:
+        return z * self._scale() + self.norm.mean
+
+    def log_abs_det_jacobian(self, y: Tensor, z: Tensor) -> Tensor:
+        ladj = -self._scale().log().sum()
+        return ladj.expand(torch.broadcast_shapes(y.shape, z.shape)[:-1])

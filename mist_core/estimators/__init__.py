@@ -1,0 +1,76 @@
+"""MI estimators: generative (DoE, BA, CLUB, L1Out), discriminative (NWJ, MINE, InfoNCE, JS,
+SMILE), and the wrappers that combine them (Multi, Transformed)."""
+
+from collections.abc import Callable
+
+from mist_core.estimators.base import BatchTerms, MIEstimator, Terms, mi_name
+from mist_core.estimators.critics import JointCritic, SeparableCritic
+from mist_core.estimators.discriminative import (
+    JS,
+    MINE,
+    NWJ,
+    SMILE,
+    DiscriminativeEstimator,
+    InfoNCE,
+    infonce,
+    js,
+    mine,
+    nwj,
+    smile,
+)
+from mist_core.estimators.generative import BA, CLUB, DoE, L1Out, ba, club, doe, l1out
+from mist_core.estimators.multi import MultiMIEstimator
+from mist_core.estimators.transformed import TransformedMIEstimator
+
+#: Estimator factories by name: ``ESTIMATORS[name](x_dim, y_dim, **options)``.
+ESTIMATORS: dict[str, Callable[..., MIEstimator]] = {
+    "doe": doe,
+    "ba": ba,
+    "club": club,
+    "l1out": l1out,
+    "nwj": nwj,
+    "mine": mine,
+    "infonce": infonce,
+    "js": js,
+    "smile": smile,
+}
+
+
+def build_estimator(name: str, x_dim: int, y_dim: int, **options: object) -> MIEstimator:
+    """Build an estimator by name; unknown names or options raise a ``ValueError``."""
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {name!r}; valid names: {', '.join(ESTIMATORS)}")
+    return ESTIMATORS[name](x_dim, y_dim, **options)
+
+
+__all__ = [
+    "BA",
+    "CLUB",
+    "ESTIMATORS",
+    "JS",
+    "MINE",
+    "NWJ",
+    "SMILE",
+    "BatchTerms",
+    "DiscriminativeEstimator",
+    "DoE",
+    "InfoNCE",
+    "JointCritic",
+    "L1Out",
+    "MIEstimator",
+    "MultiMIEstimator",
+    "SeparableCritic",
+    "Terms",
+    "TransformedMIEstimator",
+    "ba",
+    "build_estimator",
+    "club",
+    "doe",
+    "infonce",
+    "js",
+    "l1out",
+    "mi_name",
+    "mine",
+    "nwj",
+    "smile",
+]

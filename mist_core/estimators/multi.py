@@ -1,0 +1,81 @@
+"""Many estimators trained together, each on its own pair of named variables."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import Tensor, nn
+
+from mist_core.estimators.base import BatchTerms, MIEstimator, mi_name
+
+__all__ = ["MultiMIEstimator"]
+
+
+class MultiMIEstimator(nn.Module):
+    """One estimator per ``(x_key, y_key)`` pair, applied to a batch dict of named tensors.
+
+    Args:
+        estimators: ``{(x_key, y_key): estimator}``; each estimator receives
+            ``x=batch[x_key]``, ``y=batch[y_key]``.
+
+    Attributes:
+        estimators: an ``nn.ModuleDict`` keyed ``"x_key;y_key"``.
+        infomax_gradient: ``{variable: bool}`` in first-seen order; a variable gets ``True``
+            only if every estimator it takes part in passes infomax gradient on that side.
+
+    The loss is the sum of the estimators' losses. Modules shared between estimators (for
+    example one marginal q(y) per target) are trained by each of them.
+    """
+
+    def __init__(self, estimators: Mapping[tuple[str, str], MIEstimator]) -> None:
+        super().__init__()
+        if not estimators:
+            raise ValueError("MultiMIEstimator needs at least one (x_key, y_key) -> estimator entry")
+        self.pairs: list[tuple[str, str]] = []
+        modules: dict[str, MIEstimator] = {}
+        for key, estimator in estimators.items():
+            if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) for k in key)):
+                raise ValueError(f"keys must be (x_key, y_key) tuples of names, got {key!r}")
+            if any(";" in k or "." in k for k in key):
+                raise ValueError(f"variable names may not contain ';' or '.', got {key!r}")
+            if not isinstance(estimator, MIEstimator):
+                raise TypeError(f"the estimator for {key} must be an MIEstimator, got {type(estimator)}")
+            self.pairs.append(key)
+            modules[f"{key[0]};{key[1]}"] = estimator
+        self.estimators = nn.ModuleDict(modules)
+
+        flags: dict[str, bool] = {}
+        for (x_key, y_key), estimator in zip(self.pairs, modules.values(), strict=True):
+            for name, side in ((x_key, "x"), (y_key, "y")):
+                flags[name] = flags.get(name, True) and estimator.infomax_gradient[side]
+        self.infomax_gradient = flags
+
+    def batch_terms(self, batch: Mapping[str, Tensor]) -> BatchTerms:
+        missing = sorted({k for pair in self.pairs for k in pair} - set(batch))
+        if missing:
+            raise KeyError(f"the batch has no variable(s) {missing}; it has {sorted(batch)}")
+        loss: Tensor | int = 0
+        log_ratios: dict[str, Tensor] = {}
+        for (x_key, y_key), estimator in zip(self.pairs, self.estimators.values(), strict=True):
+            terms = estimator.terms(batch[x_key], batch[y_key])
+            loss = loss + terms.loss
+            log_ratios[mi_name(x_key, y_key)] = terms.log_ratio
+        assert isinstance(loss, Tensor)
+        return BatchTerms(loss=loss, log_ratios=log_ratios)
+
+    def loss(self, **batch: Tensor) -> Tensor:
+        """The summed loss of every estimator on the batch."""
+        return self.batch_terms(batch).loss
+
+    def log_ratio(self, **batch: Tensor) -> dict[str, Tensor]:
+        """``{"I(x;y)": [N] per-sample terms}`` for every pair."""
+        return self.batch_terms(batch).log_ratios
+
+    def mutual_information(self, **batch: Tensor) -> dict[str, Tensor]:
+        """``{"I(x;y)": estimate in nats}`` for every pair, on this batch."""
+        return {name: terms.mean() for name, terms in self.log_ratio(**batch).items()}
+
+    def forward(self, **batch: Tensor) -> dict[str, Tensor]:
+        return self.mutual_information(**batch)
+
+
