@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, random_split
 
-from mist_core.estimators import ESTIMATORS, MIEstimator, build_estimator
+from mist_core.estimators import ESTIMATORS, build_estimator
 
 __all__ = [
     "EstimateResult",
@@ -37,8 +37,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ArrayLike = Union[Tensor, np.ndarray]
-Data = Union[DataLoader, Iterable, tuple, list, Mapping]
+ArrayLike = Tensor | np.ndarray
+Data = DataLoader | Iterable | tuple | list | Mapping
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -70,7 +70,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but no CUDA device is available; use 'cpu' or 'auto'")
+        raise ValueError(
+            "device='cuda' was asked for but no CUDA device is available; use 'cpu' or 'auto'"
+        )
     return device
 
 
@@ -104,24 +106,36 @@ def _as_dataset(data: tuple | list | Mapping) -> _DictDataset:
     if isinstance(data, Mapping):
         return _DictDataset({name: _as_tensor(v) for name, v in data.items()})
     if len(data) != 2:
-        raise ValueError(f"tensor data must be a pair (x, y) or a dict of tensors, got {len(data)} items")
+        raise ValueError(
+            f"tensor data must be a pair (x, y) or a dict of tensors, got {len(data)} items"
+        )
     return _DictDataset({"x": _as_tensor(data[0]), "y": _as_tensor(data[1])})
 
 
 def _is_tensor_data(data: Any) -> bool:
     if isinstance(data, Mapping):
         return all(isinstance(v, (Tensor, np.ndarray)) for v in data.values())
-    return isinstance(data, (tuple, list)) and all(isinstance(v, (Tensor, np.ndarray)) for v in data)
+    return isinstance(data, (tuple, list)) and all(
+        isinstance(v, (Tensor, np.ndarray)) for v in data
+    )
 
 
-def _loader(data: Data, batch_size: int, shuffle: bool, seed: int | None) -> Iterable:
+def _check_data(data: Any) -> None:
     if _is_tensor_data(data):
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        return DataLoader(_as_dataset(data), batch_size=batch_size, shuffle=shuffle, generator=generator)
+        return
     if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
         raise TypeError(
             "data must be a DataLoader (or iterable) of batches, a tuple (x, y) of tensors, "
             f"or a dict of tensors; got {type(data).__name__}"
+        )
+
+
+def _loader(data: Data, batch_size: int, shuffle: bool, seed: int | None) -> Iterable:
+    _check_data(data)
+    if _is_tensor_data(data):
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        return DataLoader(
+            _as_dataset(data), batch_size=batch_size, shuffle=shuffle, generator=generator
         )
     return data
 
@@ -130,6 +144,7 @@ def _split_validation(
     data: Data, fraction: float, batch_size: int, seed: int | None
 ) -> tuple[Iterable, Iterable | None]:
     """Hold out ``fraction`` of the training samples for validation, when the data allows it."""
+    _check_data(data)
     generator = torch.Generator().manual_seed(0 if seed is None else seed)
     if _is_tensor_data(data):
         dataset: Dataset = _as_dataset(data)
@@ -144,12 +159,17 @@ def _split_validation(
             "drop_last": data.drop_last,
         }
     else:
-        logger.warning("cannot split validation data from %s; training without validation", type(data).__name__)
+        logger.warning(
+            "cannot split validation data from %s; training without validation",
+            type(data).__name__,
+        )
         return data, None
     n_valid = int(round(len(dataset) * fraction))
     if n_valid < 1 or n_valid >= len(dataset):
         return _loader(data, batch_size, True, seed), None
-    train_set, valid_set = random_split(dataset, [len(dataset) - n_valid, n_valid], generator=generator)
+    train_set, valid_set = random_split(
+        dataset, [len(dataset) - n_valid, n_valid], generator=generator
+    )
     train = DataLoader(train_set, shuffle=True, generator=generator, **kwargs)
     valid = DataLoader(valid_set, shuffle=False, **{**kwargs, "drop_last": False})
     return train, valid
@@ -260,7 +280,7 @@ def _check_finite(loss: Tensor, log_ratios: Mapping[str, Tensor], step: int) -> 
     bad = [name for name, values in log_ratios.items() if not torch.isfinite(values).all()]
     where = f" (non-finite estimates for {', '.join(bad)})" if bad else ""
     raise FloatingPointError(
-        f"the loss became {float(loss)} at step {step}{where}; lower the learning rate, "
+        f"the loss became {float(loss.detach())} at step {step}{where}; lower the learning rate, "
         "standardise the data, or use normalization='emanorm'"
     )
 
@@ -330,17 +350,23 @@ def train_mi_estimator(
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     if not hasattr(estimator, "batch_terms"):
-        raise TypeError(f"{type(estimator).__name__} is not an MI estimator (no batch_terms method)")
+        raise TypeError(
+            f"{type(estimator).__name__} is not an MI estimator (no batch_terms method)"
+        )
     if seed is not None:
         torch.manual_seed(seed)
 
     device = resolve_device(device)
     estimator.to(device)
     if valid_data is None and valid_percentage > 0:
-        train_loader, valid_loader = _split_validation(train_data, valid_percentage, batch_size, seed)
+        train_loader, valid_loader = _split_validation(
+            train_data, valid_percentage, batch_size, seed
+        )
     else:
         train_loader = _loader(train_data, batch_size, True, seed)
-        valid_loader = _loader(valid_data, batch_size, False, None) if valid_data is not None else None
+        valid_loader = (
+            _loader(valid_data, batch_size, False, None) if valid_data is not None else None
+        )
 
     params = [p for p in estimator.parameters() if p.requires_grad]
     if not params:
@@ -378,8 +404,18 @@ def train_mi_estimator(
         rows.append((step, epoch, "valid", "loss", loss))
         rows.extend((step, epoch, "valid", name, s[0]) for name, s in stats.items())
         if callback is not None:
-            callback(Progress(step, epoch, "valid", loss, {n: s[0] for n, s in stats.items()},
-                              total, samples, time.perf_counter() - start))
+            callback(
+                Progress(
+                    step,
+                    epoch,
+                    "valid",
+                    loss,
+                    {n: s[0] for n, s in stats.items()},
+                    total,
+                    samples,
+                    time.perf_counter() - start,
+                )
+            )
         if loss < best_loss:
             best_loss, best_step, bad_evals = loss, step, 0
             if early_stopping:
@@ -408,12 +444,25 @@ def train_mi_estimator(
                 names = ["loss", *terms.log_ratios]
                 with torch.no_grad():
                     values = torch.stack(
-                        [terms.loss.detach()] + [v.detach().mean() for v in terms.log_ratios.values()]
+                        [terms.loss.detach()]
+                        + [v.detach().mean() for v in terms.log_ratios.values()]
                     ).tolist()
-                rows.extend((step, epoch, "train", n, v) for n, v in zip(names, values, strict=True))
+                rows.extend(
+                    (step, epoch, "train", n, v) for n, v in zip(names, values, strict=True)
+                )
                 if callback is not None:
-                    callback(Progress(step, epoch, "train", values[0], dict(zip(names[1:], values[1:], strict=True)),
-                                      total, samples, time.perf_counter() - start))
+                    callback(
+                        Progress(
+                            step,
+                            epoch,
+                            "train",
+                            values[0],
+                            dict(zip(names[1:], values[1:], strict=True)),
+                            total,
+                            samples,
+                            time.perf_counter() - start,
+                        )
+                    )
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{values[0]:.3f}")
@@ -434,8 +483,11 @@ def train_mi_estimator(
                 break
         if step == 0:
             raise ValueError("the training data yielded no batches")
-        if not stopped and not early_stopped and valid_loader is not None and (
-            not rows or rows[-1][2] != "valid"
+        if (
+            not stopped
+            and not early_stopped
+            and valid_loader is not None
+            and (not rows or rows[-1][2] != "valid")
         ):
             validate()
     finally:
@@ -506,9 +558,13 @@ def estimate_mi(
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
     x_t, y_t = _as_tensor(x), _as_tensor(y)
     if x_t.ndim != 2 or y_t.ndim != 2:
-        raise ValueError(f"x and y must be (N, D) arrays, got shapes {tuple(x_t.shape)} and {tuple(y_t.shape)}")
+        raise ValueError(
+            f"x and y must be (N, D) arrays, got shapes {tuple(x_t.shape)} and {tuple(y_t.shape)}"
+        )
     if len(x_t) != len(y_t):
-        raise ValueError(f"x and y must hold the same number of samples, got {len(x_t)} and {len(y_t)}")
+        raise ValueError(
+            f"x and y must hold the same number of samples, got {len(x_t)} and {len(y_t)}"
+        )
     if not (torch.isfinite(x_t).all() and torch.isfinite(y_t).all()):
         raise ValueError("x and y must be finite (found NaN or infinity)")
     n = len(x_t)
@@ -548,7 +604,9 @@ def estimate_mi(
         seed=seed,
         verbose=verbose,
     )
-    mi, std_error = evaluate_mi(model, (x_test, y_test), batch_size=batch_size, return_std_error=True)
+    mi, std_error = evaluate_mi(
+        model, (x_test, y_test), batch_size=batch_size, return_std_error=True
+    )
     return EstimateResult(
         mi=float(mi),
         std_error=float(std_error),

@@ -61,13 +61,17 @@ class StandardNormal(LazyDistribution):
         self.register_buffer("scale", torch.ones(features))
 
     def forward(self, c: Tensor | None = None) -> Distribution:
-        return Independent(Normal(self.loc, self.scale, validate_args=False), 1, validate_args=False)
+        return Independent(
+            Normal(self.loc, self.scale, validate_args=False), 1, validate_args=False
+        )
 
 
 class DiagonalAffine(LazyTransform):
     r"""Element-wise :math:`z = e^{a} y + b`; ``a, b`` are parameters or an MLP of the context."""
 
-    def __init__(self, features: int, context: int = 0, hidden_features: Sequence[int] = ()) -> None:
+    def __init__(
+        self, features: int, context: int = 0, hidden_features: Sequence[int] = ()
+    ) -> None:
         super().__init__()
         self.features = features
         if context > 0:
@@ -118,7 +122,9 @@ def _spline_autoregressive(
     )
 
 
-def _diagonal_affine(features: int, context: int, hidden: Sequence[int], index: int) -> LazyTransform:
+def _diagonal_affine(
+    features: int, context: int, hidden: Sequence[int], index: int
+) -> LazyTransform:
     return DiagonalAffine(features, context, hidden)
 
 
@@ -221,17 +227,27 @@ class ConditionalTransformedNormal(_FlowDensity):
         features: int,
         context_features: int,
         normalization: EMANorm | None,
+        context_normalization: EMANorm | None = None,
     ) -> None:
         super().__init__(layers, features, normalization)
         self.context_features = context_features
+        #: Standardises the context before the conditioner sees it (raw units work).
+        self.context_normalization = context_normalization
 
     def condition(self, context: Tensor) -> Distribution:
-        """The distribution :math:`q(y \\mid x = \\text{context})`, batch shape ``context[:-1]``."""
+        """The distribution :math:`q(y \\mid x = \\text{context})`; batch shape ``context[:-1]``.
+
+        In training mode the context standardiser observes ``context`` first.
+        """
         if context.shape[-1] != self.context_features:
             raise ValueError(
                 f"this density is conditioned on {self.context_features}-d vectors; "
                 f"got a context of shape {tuple(context.shape)}"
             )
+        norm = self.context_normalization
+        if norm is not None:
+            norm.observe(context)  # no-op in eval mode
+            context = (context - norm.mean) / (norm.std + norm.eps)
         return self._distribution(context)
 
     def forward(self, context: Tensor) -> Distribution:
@@ -290,7 +306,9 @@ def transformed_normal(
     _check_common(
         transform_name, TRANSFORMS, hidden_dims, normalization, n_transforms, input_dim=input_dim
     )
-    layers = [TRANSFORMS[transform_name](input_dim, 0, hidden_dims, i) for i in range(n_transforms)]
+    layers = [
+        TRANSFORMS[transform_name](input_dim, 0, hidden_dims, i) for i in range(n_transforms)
+    ]
     norm = EMANorm(input_dim) if normalization == "emanorm" else None
     return TransformedNormal(layers, input_dim, norm)
 
@@ -311,7 +329,8 @@ def conditional_transformed_normal(
         context_dim: ``C``, the size of ``x``; it feeds every hidden layer's input.
         hidden_dims: widths of the conditioner network's hidden layers.
         transform_name: one of :data:`CONDITIONAL_TRANSFORMS`.
-        normalization: ``"emanorm"`` (EMA standardiser on ``y`` first) or ``None``.
+        normalization: ``"emanorm"`` (EMA standardisers on ``y``, counted in the density,
+            and on the context before the conditioner) or ``None``.
         n_transforms: how many flow layers to stack (orders alternate).
     """
     _check_common(
@@ -325,5 +344,8 @@ def conditional_transformed_normal(
     )
     factory = CONDITIONAL_TRANSFORMS[transform_name]
     layers = [factory(input_dim, context_dim, hidden_dims, i) for i in range(n_transforms)]
-    norm = EMANorm(input_dim) if normalization == "emanorm" else None
-    return ConditionalTransformedNormal(layers, input_dim, context_dim, norm)
+    if normalization == "emanorm":
+        return ConditionalTransformedNormal(
+            layers, input_dim, context_dim, EMANorm(input_dim), EMANorm(context_dim)
+        )
+    return ConditionalTransformedNormal(layers, input_dim, context_dim, None)

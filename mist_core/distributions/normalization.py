@@ -54,7 +54,8 @@ class EMANorm(LazyTransform):
             return
         if y.shape[-1] != self.features:
             raise ValueError(
-                f"EMANorm expects data with last dimension {self.features}, got shape {tuple(y.shape)}"
+                f"EMANorm expects data with last dimension {self.features}, "
+                f"got shape {tuple(y.shape)}"
             )
         flat = y.detach().reshape(-1, self.features).to(self.mean.dtype)
         if flat.shape[0] < 2:

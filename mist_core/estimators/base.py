@@ -63,7 +63,7 @@ class MIEstimator(nn.Module):
         raise NotImplementedError
 
     def batch_terms(self, batch: Mapping[str, Tensor]) -> BatchTerms:
-        """:meth:`terms` on a batch dict with keys ``"x"`` and ``"y"`` (the training loop's entry)."""
+        """:meth:`terms` on a batch dict with keys ``"x"``, ``"y"`` (the training loop's entry)."""
         missing = [key for key in ("x", "y") if key not in batch]
         if missing:
             raise KeyError(
@@ -89,5 +89,11 @@ class MIEstimator(nn.Module):
         return self.mutual_information(x, y)
 
     def extra_repr(self) -> str:
-        kind = "lower bound" if self.lower_bound else "upper bound" if self.upper_bound else "estimate"
+        kind = (
+            "lower bound"
+            if self.lower_bound
+            else "upper bound"
+            if self.upper_bound
+            else "estimate"
+        )
         return f"kind={kind!r}, infomax_gradient={self.infomax_gradient}"

@@ -39,7 +39,9 @@ def _off_diagonal(scores: Tensor) -> Tensor:
     """The negatives ``[N, N - 1]``: row i holds f(x_i, y_j) for j != i."""
     n = scores.shape[0]
     if scores.shape != (n, n) or n < 2:
-        raise ValueError(f"scores must be a square [N, N] matrix with N >= 2, got {tuple(scores.shape)}")
+        raise ValueError(
+            f"scores must be a square [N, N] matrix with N >= 2, got {tuple(scores.shape)}"
+        )
     mask = ~torch.eye(n, dtype=torch.bool, device=scores.device)
     return scores[mask].view(n, n - 1)
 
@@ -60,7 +62,7 @@ def infonce_terms(scores: Tensor) -> Tensor:
 
 
 def nwj_terms(scores: Tensor) -> Tensor:
-    r"""NWJ (f-divergence, KL): :math:`f(x_i, y_i) - \frac{1}{N-1}\sum_{j \ne i} e^{f(x_i, y_j) - 1}`.
+    r"""NWJ: :math:`f(x_i, y_i) - \frac{1}{N-1}\sum_{j \ne i} e^{f(x_i, y_j) - 1}`.
 
     The optimal critic is :math:`1 + \log p(y|x)/p(y)`.
     """
@@ -88,7 +90,7 @@ def js_loss(scores: Tensor) -> Tensor:
 
 
 def smile_terms(scores: Tensor, tau: float | None = 5.0) -> Tensor:
-    r"""SMILE: :math:`f(x_i, y_i) - \log \mathbb{E}_{p(x)p(y)}[\mathrm{clip}(e^f, e^{-\tau}, e^\tau)]`.
+    r"""SMILE: :math:`f(x_i, y_i) - \log \mathbb{E}_{p(x)p(y)}[\mathrm{clip}(e^f, e^{\pm\tau})]`.
 
     With ``tau=None`` this is the Donsker-Varadhan bound of a JS-trained critic.
     """

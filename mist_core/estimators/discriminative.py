@@ -66,7 +66,7 @@ class NWJ(DiscriminativeEstimator):
 
 
 class InfoNCE(DiscriminativeEstimator):
-    """InfoNCE lower bound, at most ``log N`` (:func:`~mist_core.estimators.bounds.infonce_terms`)."""
+    """InfoNCE lower bound, at most ``log N`` (see :func:`.bounds.infonce_terms`)."""
 
     lower_bound = True
 

@@ -157,7 +157,7 @@ def doe(
     n_transforms: int = 1,
     normalization: str | None = "emanorm",
 ) -> DoE:
-    """A :class:`DoE` with flow densities (``marginal_hidden_dims`` defaults to ``hidden_dims``)."""
+    """A :class:`DoE` with flow densities; ``marginal_hidden_dims`` defaults to ``hidden_dims``."""
     q_y = transformed_normal(
         input_dim=y_dim,
         hidden_dims=hidden_dims if marginal_hidden_dims is None else marginal_hidden_dims,
@@ -165,7 +165,9 @@ def doe(
         n_transforms=n_transforms,
         normalization=normalization,
     )
-    q_y_given_x = _conditional(x_dim, y_dim, hidden_dims, transform_name, n_transforms, normalization)
+    q_y_given_x = _conditional(
+        x_dim, y_dim, hidden_dims, transform_name, n_transforms, normalization
+    )
     return DoE(q_Y_given_X=q_y_given_x, q_Y=q_y)
 
 

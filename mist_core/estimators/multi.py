@@ -30,16 +30,22 @@ class MultiMIEstimator(nn.Module):
     def __init__(self, estimators: Mapping[tuple[str, str], MIEstimator]) -> None:
         super().__init__()
         if not estimators:
-            raise ValueError("MultiMIEstimator needs at least one (x_key, y_key) -> estimator entry")
+            raise ValueError(
+                "MultiMIEstimator needs at least one (x_key, y_key) -> estimator entry"
+            )
         self.pairs: list[tuple[str, str]] = []
         modules: dict[str, MIEstimator] = {}
         for key, estimator in estimators.items():
-            if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) for k in key)):
+            if not (
+                isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) for k in key)
+            ):
                 raise ValueError(f"keys must be (x_key, y_key) tuples of names, got {key!r}")
             if any(";" in k or "." in k for k in key):
                 raise ValueError(f"variable names may not contain ';' or '.', got {key!r}")
             if not isinstance(estimator, MIEstimator):
-                raise TypeError(f"the estimator for {key} must be an MIEstimator, got {type(estimator)}")
+                raise TypeError(
+                    f"the estimator for {key} must be an MIEstimator, got {type(estimator)}"
+                )
             self.pairs.append(key)
             modules[f"{key[0]};{key[1]}"] = estimator
         self.estimators = nn.ModuleDict(modules)
@@ -77,5 +83,3 @@ class MultiMIEstimator(nn.Module):
 
     def forward(self, **batch: Tensor) -> dict[str, Tensor]:
         return self.mutual_information(**batch)
-
-

@@ -73,7 +73,10 @@ class TransformedMIEstimator(nn.Module):
         for target, module in self.transforms.items():
             source = self.sources[target]
             if source not in batch:
-                raise KeyError(f"transform {source!r} -> {target!r}: the batch has no {source!r}; it has {sorted(batch)}")
+                raise KeyError(
+                    f"transform {source!r} -> {target!r}: the batch has no {source!r}; "
+                    f"it has {sorted(batch)}"
+                )
             if is_frozen(module):
                 with torch.no_grad():
                     out[target] = module(batch[source])
