@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(estimators) - set(ESTIMATORS))
     if unknown:
         parser.error(f"unknown estimator(s) {unknown}; valid: {', '.join(ESTIMATORS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     budget = QUICK if args.quick else FULL
     label = (
         f"`python -m bench.accuracy{' --quick' if args.quick else ''} --seed {args.seed}`: "

@@ -1,0 +1,414 @@
+"""The landmark experiment of the seed notebook as a typed, reusable piece.
+
+A frozen :class:`ExperimentConfig` (JSON in, JSON out) becomes a :class:`LandmarkExperiment`:
+the encoders, one estimator per (encoder, landmark) with one marginal q(landmark) shared
+across encoders, the seed's model (``TransformedMIEstimator`` over a ``MultiMIEstimator``),
+and the data loaders. Frozen encoders' features come from a :class:`FeatureCache`, so an
+epoch after the first costs only the encoders that are being trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from mist_core.data.celeba import CelebALandmarks
+from mist_core.data.features import FeatureCache, WithFeatures
+from mist_core.data.synthetic_faces import LANDMARKS, SyntheticFaces
+from mist_core.encoders import ENCODER_PRESETS, build_encoder, encoder_availability
+from mist_core.distributions import conditional_transformed_normal, transformed_normal
+from mist_core.estimators import CLUB, DoE, L1Out, MultiMIEstimator, TransformedMIEstimator
+from mist_core.freeze import is_frozen
+from mist_core.training import Progress, evaluate_mi, resolve_device, train_mi_estimator
+
+__all__ = [
+    "DATASETS",
+    "PRESETS",
+    "ExperimentConfig",
+    "LandmarkExperiment",
+    "mi_table",
+    "preset",
+]
+
+logger = logging.getLogger(__name__)
+
+DATASETS = ("synthetic", "celeba")
+#: Estimators that can be built per (encoder, landmark) pair from a density over y.
+_GENERATIVE = ("doe", "club", "l1out")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything that defines a landmark experiment. Units and meanings beside each field.
+
+    Sizes count images; ``train_size=None`` takes the whole split (CelebA).
+    """
+
+    dataset: str = "synthetic"  # "synthetic" (drawn faces, offline) or "celeba"
+    celeba_root: str | None = None  # folder that holds celeba/ (dataset="celeba")
+    train_size: int | None = 2000  # images used for training (None: all)
+    test_size: int | None = 500  # images held out for the MI estimate (None: all)
+    valid_fraction: float = 0.1  # part of the training images used for early stopping
+    image_size: tuple[int, int] = (64, 52)  # (height, width) the encoders see, pixels
+    encoders: tuple[str, ...] = ("random_init", "pretrained", "finetuned")
+    landmarks: tuple[str, ...] = LANDMARKS
+    estimator: str = "doe"  # one of doe, club, l1out (a q(y|x) per pair)
+    hidden_dims: tuple[int, ...] = (128, 64)  # q(landmark | representation) widths
+    marginal_hidden_dims: tuple[int, ...] = (64,)  # q(landmark) widths
+    n_transforms: int = 1  # flow layers per density
+    batch_size: int = 64  # images per step
+    epochs: int = 5  # passes over the training images
+    lr: float = 5e-4  # Adam learning rate (heads and fine-tuned encoders)
+    early_stopping: bool = False  # stop when the validation loss stops improving
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    seed: int = 0  # data subsets, initialisation and order
+    feature_cache: bool = True  # reuse frozen encoders' features across epochs
+    preload: bool = True  # decode and resize all images once, in memory
+    num_workers: int = 0  # DataLoader workers (when not preloaded)
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; store tuples so the config stays hashable and immutable.
+        for name in ("image_size", "encoders", "landmarks", "hidden_dims", "marginal_hidden_dims"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field and the accepted values."""
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.dataset == "celeba" and not self.celeba_root:
+            raise ValueError("dataset='celeba' needs celeba_root: the folder that holds celeba/")
+        unknown = [e for e in self.encoders if e not in ENCODER_PRESETS]
+        if unknown or not self.encoders:
+            raise ValueError(
+                f"encoders must be a non-empty list of {', '.join(ENCODER_PRESETS)}; "
+                f"unknown: {unknown}"
+            )
+        bad = [lm for lm in self.landmarks if lm not in LANDMARKS]
+        if bad or not self.landmarks:
+            raise ValueError(f"landmarks must be among {', '.join(LANDMARKS)}; unknown: {bad}")
+        if self.estimator not in _GENERATIVE:
+            raise ValueError(
+                f"estimator must be one of {', '.join(_GENERATIVE)} (they give posterior maps), "
+                f"got {self.estimator!r}"
+            )
+        for name in ("train_size", "test_size"):
+            value = getattr(self, name)
+            if value is not None and value < 2:
+                raise ValueError(f"{name} must be at least 2 images (or None for all)")
+        if self.dataset == "synthetic" and (self.train_size is None or self.test_size is None):
+            raise ValueError("the synthetic dataset needs explicit train_size and test_size")
+        if len(self.image_size) != 2 or min(self.image_size) < 32:
+            raise ValueError(f"image_size must be (height, width) >= 32 pixels, got {self.image_size}")
+        for name in ("batch_size", "epochs", "n_transforms"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0.0 <= self.valid_fraction < 0.5:
+            raise ValueError(f"valid_fraction must lie in [0, 0.5), got {self.valid_fraction}")
+
+    # --- JSON -----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ExperimentConfig:
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}; valid fields: {', '.join(names)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ExperimentConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"the config is not valid JSON: {error}") from error
+        if not isinstance(data, dict):
+            raise ValueError("the config must be a JSON object of fields")
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ExperimentConfig:
+        return cls.from_json(Path(path).read_text())
+
+    def replace(self, **changes: Any) -> ExperimentConfig:
+        return dataclasses.replace(self, **changes)
+
+
+#: Ready-made configs. ``demo-cpu`` needs nothing but this package; ``seed`` is the
+#: notebook's experiment (CelebA at full resolution, ImageNet weights, 20 epochs on a GPU).
+PRESETS: dict[str, ExperimentConfig] = {
+    "demo-cpu": ExperimentConfig(
+        dataset="synthetic",
+        train_size=2000,
+        test_size=500,
+        image_size=(64, 52),
+        encoders=("random_init", "trained"),
+        batch_size=64,
+        epochs=6,
+        lr=1e-3,
+    ),
+    "seed": ExperimentConfig(
+        dataset="celeba",
+        celeba_root="data",
+        train_size=None,
+        test_size=1000,
+        image_size=(218, 178),
+        encoders=("random_init", "pretrained", "finetuned"),
+        batch_size=32,
+        epochs=20,
+        lr=5e-4,
+        preload=False,
+        num_workers=8,
+    ),
+}
+
+
+def preset(name: str, **changes: Any) -> ExperimentConfig:
+    """A preset config by name, with optional field changes."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    return PRESETS[name].replace(**changes) if changes else PRESETS[name]
+
+
+class _Preloaded(Dataset):
+    """All items decoded once, images resized to the encoders' input size (float32)."""
+
+    def __init__(self, dataset: Dataset, image_size: tuple[int, int], batch_size: int = 64) -> None:
+        images, targets = [], {}
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            images.append(resize_images(batch["image"], image_size))
+            for name, value in batch.items():
+                if name != "image":
+                    targets.setdefault(name, []).append(value)
+        self.images = torch.cat(images)
+        self.targets = {name: torch.cat(chunks) for name, chunks in targets.items()}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return {"image": self.images[index], **{k: v[index] for k, v in self.targets.items()}}
+
+
+def resize_images(images: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """``[B, 3, H, W] -> [B, 3, *image_size]``, as the encoders resize (bilinear, antialiased)."""
+    if tuple(images.shape[-2:]) == tuple(image_size):
+        return images
+    return F.interpolate(images, size=image_size, mode="bilinear", antialias=True,
+                         align_corners=False)
+
+
+@dataclass
+class LandmarkExperiment:
+    """The seed's experiment built from a config.
+
+    Attributes:
+        config: the config it was built from.
+        encoders: ``{name: module}``; frozen ones are frozen with :func:`mist_core.freeze`.
+        estimator: the ``MultiMIEstimator`` of one estimator per (encoder, landmark).
+        model: the seed's ``TransformedMIEstimator`` (images -> every encoder -> estimators),
+            for posteriors and new images.
+    """
+
+    config: ExperimentConfig
+    cache: FeatureCache | None = None
+    encoders: dict[str, nn.Module] = field(init=False)
+    estimator: MultiMIEstimator = field(init=False)
+    model: TransformedMIEstimator = field(init=False)
+
+    def __post_init__(self) -> None:
+        config = self.config
+        for name in config.encoders:
+            availability = encoder_availability(ENCODER_PRESETS[name])
+            if not availability.available:
+                raise FileNotFoundError(
+                    f"encoder {name!r} is not available: {availability.reason}. "
+                    f"{availability.how_to_enable}"
+                )
+        torch.manual_seed(config.seed)
+        self.encoders = {
+            name: build_encoder(ENCODER_PRESETS[name], image_size=config.image_size)
+            for name in config.encoders
+        }
+        z_dim = {name: enc.out_features for name, enc in self.encoders.items()}
+        estimators = {}
+        for landmark in config.landmarks:
+            q_y = transformed_normal(2, hidden_dims=config.marginal_hidden_dims,
+                                     n_transforms=config.n_transforms)
+            for name in config.encoders:
+                q_y_given_x = conditional_transformed_normal(
+                    2, context_dim=z_dim[name], hidden_dims=config.hidden_dims,
+                    n_transforms=config.n_transforms,
+                )
+                estimators[(name, landmark)] = _pair_estimator(config.estimator, q_y_given_x, q_y)
+        self.estimator = MultiMIEstimator(estimators)
+        self.model = TransformedMIEstimator(
+            base_estimator=self.estimator,
+            transforms_rename={("image", name): enc for name, enc in self.encoders.items()},
+        )
+        self._datasets: dict[str, Dataset] | None = None
+
+    # --- data -----------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return resolve_device(self.config.device)
+
+    def datasets(self) -> dict[str, Dataset]:
+        """``{"train": ..., "test": ...}`` image datasets (preloaded when configured)."""
+        if self._datasets is None:
+            self._datasets = self._build_datasets()
+        return self._datasets
+
+    def _build_datasets(self) -> dict[str, Dataset]:
+        c = self.config
+        if c.dataset == "synthetic":
+            assert c.train_size is not None and c.test_size is not None
+            train: Dataset = SyntheticFaces(c.train_size, seed=c.seed)
+            # a different seed stream for test images: no image is in both
+            test: Dataset = SyntheticFaces(c.test_size, seed=c.seed + 1_000_003)
+        else:
+            assert c.celeba_root is not None
+            train = _take(CelebALandmarks(c.celeba_root, split="train"), c.train_size, c.seed)
+            test = _take(CelebALandmarks(c.celeba_root, split="test"), c.test_size, c.seed)
+        if c.preload:
+            train = _Preloaded(train, c.image_size, c.batch_size)
+            test = _Preloaded(test, c.image_size, c.batch_size)
+        return {"train": train, "test": test}
+
+    def fingerprint(self, split: str) -> str:
+        """Identifies exactly the images of a split, for the disk feature cache."""
+        c = self.config
+        sizes = f"train={c.train_size},test={c.test_size},seed={c.seed}"
+        source = "synthetic" if c.dataset == "synthetic" else f"celeba:{Path(c.celeba_root or '').resolve()}"
+        return f"{source}|{sizes}|{split}|{tuple(c.image_size)}"
+
+    def _features(self, split: str) -> dict[str, Tensor]:
+        if not self.config.feature_cache:
+            return {}
+        cache = self.cache if self.cache is not None else FeatureCache()
+        self.cache = cache
+        dataset = self.datasets()[split]
+        return {
+            name: cache.features(enc, dataset, self.fingerprint(split),
+                                 extra=f"image_size={tuple(self.config.image_size)}",
+                                 batch_size=self.config.batch_size, device=self.device)
+            for name, enc in self.encoders.items() if is_frozen(enc)
+        }
+
+    def training_model(self) -> TransformedMIEstimator | MultiMIEstimator:
+        """The model that consumes cached features: only the trained encoders run."""
+        if not self.config.feature_cache:
+            return self.model
+        live = {("image", n): e for n, e in self.encoders.items() if not is_frozen(e)}
+        if not live:
+            return self.estimator
+        return TransformedMIEstimator(base_estimator=self.estimator, transforms_rename=live)
+
+    def loader(self, split: str, shuffle: bool | None = None) -> DataLoader:
+        """Batches of a split, with cached frozen features when the cache is on."""
+        dataset = self.datasets()[split]
+        tables = self._features(split)
+        if tables:
+            dataset = WithFeatures(dataset, tables)
+        return DataLoader(
+            dataset,
+            batch_size=self.config.batch_size,
+            shuffle=(split == "train") if shuffle is None else shuffle,
+            num_workers=0 if self.config.preload else self.config.num_workers,
+            generator=torch.Generator().manual_seed(self.config.seed),
+        )
+
+    # --- training and evaluation ----------------------------------------------------------
+
+    def train(
+        self,
+        *,
+        callback: Callable[[Progress], None] | None = None,
+        stop_event: threading.Event | None = None,
+        verbose: bool = False,
+    ) -> pd.DataFrame:
+        """Train every estimator (and the trained encoders) jointly; returns the long log."""
+        c = self.config
+        self.model.to(self.device)
+        start = time.perf_counter()
+        train_loader = self.loader("train")
+        setup_s = time.perf_counter() - start
+        log = train_mi_estimator(
+            self.training_model(),
+            train_loader,
+            max_epochs=c.epochs,
+            lr=c.lr,
+            valid_percentage=c.valid_fraction,
+            early_stopping=c.early_stopping,
+            device=self.device,
+            seed=c.seed,
+            callback=callback,
+            stop_event=stop_event,
+            verbose=verbose,
+        )
+        log.attrs["setup_s"] = setup_s
+        return log
+
+    def evaluate(self, split: str = "test") -> pd.DataFrame:
+        """The MI table on a split: one row per (encoder, landmark) with its standard error."""
+        values, errors = evaluate_mi(self.training_model(), self.loader(split, shuffle=False),
+                                     device=self.device, return_std_error=True)
+        if not isinstance(values, dict):  # a single pair
+            only = f"I({self.config.encoders[0]};{self.config.landmarks[0]})"
+            values, errors = {only: values}, {only: errors}
+        return mi_table(values, errors)
+
+
+def _pair_estimator(name: str, q_y_given_x: nn.Module, q_y: nn.Module) -> nn.Module:
+    if name == "doe":
+        return DoE(q_Y_given_X=q_y_given_x, q_Y=q_y)
+    if name == "club":
+        return CLUB(q_y_given_x)
+    return L1Out(q_y_given_x)
+
+
+def _take(dataset: Dataset, size: int | None, seed: int) -> Dataset:
+    n = len(dataset)  # type: ignore[arg-type]
+    if size is None or size >= n:
+        return dataset
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size]
+    return Subset(dataset, sorted(order.tolist()))
+
+
+def mi_table(values: Mapping[str, float], errors: Mapping[str, float]) -> pd.DataFrame:
+    """``{"I(enc;landmark)": nats}`` -> DataFrame with encoder, landmark, mi, std_error."""
+    rows = []
+    for name, value in values.items():
+        encoder, landmark = name[2:-1].split(";")
+        rows.append({"encoder": encoder, "landmark": landmark, "mi": value,
+                     "std_error": errors[name]})
+    return pd.DataFrame(rows)
+
