@@ -114,7 +114,9 @@ class ExperimentConfig:
         if self.dataset == "synthetic" and (self.train_size is None or self.test_size is None):
             raise ValueError("the synthetic dataset needs explicit train_size and test_size")
         if len(self.image_size) != 2 or min(self.image_size) < 32:
-            raise ValueError(f"image_size must be (height, width) >= 32 pixels, got {self.image_size}")
+            raise ValueError(
+                f"image_size must be (height, width) >= 32 pixels, got {self.image_size}"
+            )
         for name in ("batch_size", "epochs", "n_transforms"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -134,7 +136,9 @@ class ExperimentConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(names))
         if unknown:
-            raise ValueError(f"unknown config field(s) {unknown}; valid fields: {', '.join(names)}")
+            raise ValueError(
+                f"unknown config field(s) {unknown}; valid fields: {', '.join(names)}"
+            )
         return cls(**data)
 
     def to_json(self) -> str:
@@ -200,7 +204,9 @@ def preset(name: str, **changes: Any) -> ExperimentConfig:
 class _Preloaded(Dataset):
     """All items decoded once, images resized to the encoders' input size (float32)."""
 
-    def __init__(self, dataset: Dataset, image_size: tuple[int, int], batch_size: int = 64) -> None:
+    def __init__(
+        self, dataset: Dataset, image_size: tuple[int, int], batch_size: int = 64
+    ) -> None:
         images, targets = [], {}
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
             images.append(resize_images(batch["image"], image_size))
@@ -221,8 +227,9 @@ def resize_images(images: Tensor, image_size: tuple[int, int]) -> Tensor:
     """``[B, 3, H, W] -> [B, 3, *image_size]``, as the encoders resize (bilinear, antialiased)."""
     if tuple(images.shape[-2:]) == tuple(image_size):
         return images
-    return F.interpolate(images, size=image_size, mode="bilinear", antialias=True,
-                         align_corners=False)
+    return F.interpolate(
+        images, size=image_size, mode="bilinear", antialias=True, align_corners=False
+    )
 
 
 @dataclass
@@ -239,6 +246,8 @@ class LandmarkExperiment:
 
     config: ExperimentConfig
     cache: FeatureCache | None = None
+    #: ``{"train": ..., "test": ...}`` to reuse images already prepared for the same config.
+    data: dict[str, Dataset] | None = None
     encoders: dict[str, nn.Module] = field(init=False)
     estimator: MultiMIEstimator = field(init=False)
     model: TransformedMIEstimator = field(init=False)
@@ -260,11 +269,14 @@ class LandmarkExperiment:
         z_dim = {name: enc.out_features for name, enc in self.encoders.items()}
         estimators = {}
         for landmark in config.landmarks:
-            q_y = transformed_normal(2, hidden_dims=config.marginal_hidden_dims,
-                                     n_transforms=config.n_transforms)
+            q_y = transformed_normal(
+                2, hidden_dims=config.marginal_hidden_dims, n_transforms=config.n_transforms
+            )
             for name in config.encoders:
                 q_y_given_x = conditional_transformed_normal(
-                    2, context_dim=z_dim[name], hidden_dims=config.hidden_dims,
+                    2,
+                    context_dim=z_dim[name],
+                    hidden_dims=config.hidden_dims,
                     n_transforms=config.n_transforms,
                 )
                 estimators[(name, landmark)] = _pair_estimator(config.estimator, q_y_given_x, q_y)
@@ -273,7 +285,6 @@ class LandmarkExperiment:
             base_estimator=self.estimator,
             transforms_rename={("image", name): enc for name, enc in self.encoders.items()},
         )
-        self._datasets: dict[str, Dataset] | None = None
 
     # --- data -----------------------------------------------------------------------------
 
@@ -283,9 +294,9 @@ class LandmarkExperiment:
 
     def datasets(self) -> dict[str, Dataset]:
         """``{"train": ..., "test": ...}`` image datasets (preloaded when configured)."""
-        if self._datasets is None:
-            self._datasets = self._build_datasets()
-        return self._datasets
+        if self.data is None:
+            self.data = self._build_datasets()
+        return self.data
 
     def _build_datasets(self) -> dict[str, Dataset]:
         c = self.config
@@ -307,7 +318,11 @@ class LandmarkExperiment:
         """Identifies exactly the images of a split, for the disk feature cache."""
         c = self.config
         sizes = f"train={c.train_size},test={c.test_size},seed={c.seed}"
-        source = "synthetic" if c.dataset == "synthetic" else f"celeba:{Path(c.celeba_root or '').resolve()}"
+        source = (
+            "synthetic"
+            if c.dataset == "synthetic"
+            else f"celeba:{Path(c.celeba_root or '').resolve()}"
+        )
         return f"{source}|{sizes}|{split}|{tuple(c.image_size)}"
 
     def _features(self, split: str) -> dict[str, Tensor]:
@@ -317,10 +332,16 @@ class LandmarkExperiment:
         self.cache = cache
         dataset = self.datasets()[split]
         return {
-            name: cache.features(enc, dataset, self.fingerprint(split),
-                                 extra=f"image_size={tuple(self.config.image_size)}",
-                                 batch_size=self.config.batch_size, device=self.device)
-            for name, enc in self.encoders.items() if is_frozen(enc)
+            name: cache.features(
+                enc,
+                dataset,
+                self.fingerprint(split),
+                extra=f"image_size={tuple(self.config.image_size)}",
+                batch_size=self.config.batch_size,
+                device=self.device,
+            )
+            for name, enc in self.encoders.items()
+            if is_frozen(enc)
         }
 
     def training_model(self) -> TransformedMIEstimator | MultiMIEstimator:
@@ -379,8 +400,12 @@ class LandmarkExperiment:
 
     def evaluate(self, split: str = "test") -> pd.DataFrame:
         """The MI table on a split: one row per (encoder, landmark) with its standard error."""
-        values, errors = evaluate_mi(self.training_model(), self.loader(split, shuffle=False),
-                                     device=self.device, return_std_error=True)
+        values, errors = evaluate_mi(
+            self.training_model(),
+            self.loader(split, shuffle=False),
+            device=self.device,
+            return_std_error=True,
+        )
         if not isinstance(values, dict):  # a single pair
             only = f"I({self.config.encoders[0]};{self.config.landmarks[0]})"
             values, errors = {only: values}, {only: errors}
@@ -408,7 +433,7 @@ def mi_table(values: Mapping[str, float], errors: Mapping[str, float]) -> pd.Dat
     rows = []
     for name, value in values.items():
         encoder, landmark = name[2:-1].split(";")
-        rows.append({"encoder": encoder, "landmark": landmark, "mi": value,
-                     "std_error": errors[name]})
+        rows.append(
+            {"encoder": encoder, "landmark": landmark, "mi": value, "std_error": errors[name]}
+        )
     return pd.DataFrame(rows)
-

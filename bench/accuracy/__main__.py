@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "--estimators", default=",".join(ESTIMATORS), help="comma-separated subset (default: all)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument(
         "--write-readme", action="store_true", help="record the table in bench/README.md"
     )
@@ -144,8 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     budget = QUICK if args.quick else FULL
+    flags = (" --quick" if args.quick else "") + (
+        f" --threads {args.threads}" if args.threads else ""
+    )
     label = (
-        f"`python -m bench.accuracy{' --quick' if args.quick else ''} --seed {args.seed}`: "
+        f"`python -m bench.accuracy{flags} --seed {args.seed}`: "
         f"{budget.samples} samples (half held out), batch {budget.batch_size}, "
         f"up to {budget.steps} steps with early stopping. {environment()}."
     )
