@@ -4,6 +4,7 @@ The public API follows the seed notebook (a torch-mist tutorial): change its imp
 ``from mist_core import ...`` and it runs.
 """
 
+from mist_core.data import LANDMARKS, CelebALandmarks, SyntheticFaces
 from mist_core.distributions import (
     ConditionalTransformedNormal,
     EMANorm,
@@ -11,6 +12,7 @@ from mist_core.distributions import (
     conditional_transformed_normal,
     transformed_normal,
 )
+from mist_core.encoders import ResNet18Encoder
 from mist_core.estimators import (
     BA,
     CLUB,
@@ -36,6 +38,14 @@ from mist_core.estimators import (
     nwj,
     smile,
 )
+from mist_core.experiment import (
+    PRESETS,
+    REPRESENTATIONS,
+    ExperimentConfig,
+    LandmarkExperiment,
+    instantiate_estimators,
+    preset,
+)
 from mist_core.freeze import freeze, is_frozen
 from mist_core.training import (
     EstimateResult,
@@ -49,6 +59,9 @@ from mist_core.training import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "LANDMARKS",
+    "PRESETS",
+    "REPRESENTATIONS",
     "BA",
     "CLUB",
     "ESTIMATORS",
@@ -56,15 +69,20 @@ __all__ = [
     "MINE",
     "NWJ",
     "SMILE",
+    "CelebALandmarks",
     "ConditionalTransformedNormal",
     "DoE",
     "EMANorm",
     "EstimateResult",
+    "ExperimentConfig",
     "InfoNCE",
     "L1Out",
+    "LandmarkExperiment",
     "MIEstimator",
     "MultiMIEstimator",
     "Progress",
+    "ResNet18Encoder",
+    "SyntheticFaces",
     "TransformedMIEstimator",
     "TransformedNormal",
     "ba",
@@ -76,11 +94,13 @@ __all__ = [
     "evaluate_mi",
     "freeze",
     "infonce",
+    "instantiate_estimators",
     "is_frozen",
     "js",
     "l1out",
     "mine",
     "nwj",
+    "preset",
     "resolve_device",
     "smile",
     "train_mi_estimator",

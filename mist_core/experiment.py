@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,24 +28,36 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from mist_core.data.celeba import CelebALandmarks
 from mist_core.data.features import FeatureCache, WithFeatures
 from mist_core.data.synthetic_faces import LANDMARKS, SyntheticFaces
-from mist_core.encoders import ENCODER_PRESETS, build_encoder, encoder_availability
 from mist_core.distributions import conditional_transformed_normal, transformed_normal
-from mist_core.estimators import CLUB, DoE, L1Out, MultiMIEstimator, TransformedMIEstimator
+from mist_core.encoders import ENCODER_PRESETS, build_encoder, encoder_availability
+from mist_core.estimators import (
+    CLUB,
+    DoE,
+    L1Out,
+    MIEstimator,
+    MultiMIEstimator,
+    TransformedMIEstimator,
+)
 from mist_core.freeze import is_frozen
 from mist_core.training import Progress, evaluate_mi, resolve_device, train_mi_estimator
 
 __all__ = [
     "DATASETS",
     "PRESETS",
+    "REPRESENTATIONS",
     "ExperimentConfig",
     "LandmarkExperiment",
     "mi_table",
+    "instantiate_estimators",
     "preset",
+    "resize_images",
 ]
 
 logger = logging.getLogger(__name__)
 
 DATASETS = ("synthetic", "celeba")
+#: The seed notebook's three representations.
+REPRESENTATIONS = ("random_init", "pretrained", "finetuned")
 #: Estimators that can be built per (encoder, landmark) pair from a density over y.
 _GENERATIVE = ("doe", "club", "l1out")
 
@@ -266,20 +278,14 @@ class LandmarkExperiment:
             name: build_encoder(ENCODER_PRESETS[name], image_size=config.image_size)
             for name in config.encoders
         }
-        z_dim = {name: enc.out_features for name, enc in self.encoders.items()}
-        estimators = {}
-        for landmark in config.landmarks:
-            q_y = transformed_normal(
-                2, hidden_dims=config.marginal_hidden_dims, n_transforms=config.n_transforms
-            )
-            for name in config.encoders:
-                q_y_given_x = conditional_transformed_normal(
-                    2,
-                    context_dim=z_dim[name],
-                    hidden_dims=config.hidden_dims,
-                    n_transforms=config.n_transforms,
-                )
-                estimators[(name, landmark)] = _pair_estimator(config.estimator, q_y_given_x, q_y)
+        estimators = instantiate_estimators(
+            representations={name: enc.out_features for name, enc in self.encoders.items()},
+            landmarks=config.landmarks,
+            estimator=config.estimator,
+            hidden_dims=config.hidden_dims,
+            marginal_hidden_dims=config.marginal_hidden_dims,
+            n_transforms=config.n_transforms,
+        )
         self.estimator = MultiMIEstimator(estimators)
         self.model = TransformedMIEstimator(
             base_estimator=self.estimator,
@@ -412,12 +418,43 @@ class LandmarkExperiment:
         return mi_table(values, errors)
 
 
-def _pair_estimator(name: str, q_y_given_x: nn.Module, q_y: nn.Module) -> nn.Module:
-    if name == "doe":
-        return DoE(q_Y_given_X=q_y_given_x, q_Y=q_y)
-    if name == "club":
-        return CLUB(q_y_given_x)
-    return L1Out(q_y_given_x)
+def instantiate_estimators(
+    representations: Mapping[str, int] | Sequence[str] = REPRESENTATIONS,
+    landmarks: Sequence[str] = LANDMARKS,
+    *,
+    estimator: str = "doe",
+    hidden_dims: Sequence[int] = (128, 64),
+    marginal_hidden_dims: Sequence[int] = (64,),
+    n_transforms: int = 1,
+) -> dict[tuple[str, str], MIEstimator]:
+    """The seed's helper: one estimator per (representation, landmark), in landmark-major order.
+
+    Args:
+        representations: names (512-d each, as ResNet18) or ``{name: feature size}``.
+        landmarks: the targets, 2-d pixel coordinates each.
+        estimator: ``"doe"`` (the seed's), ``"club"`` or ``"l1out"``.
+
+    Every pair gets its own q(landmark | representation); DoE pairs of the same landmark
+    share one q(landmark).
+    """
+    if estimator not in _GENERATIVE:
+        raise ValueError(f"estimator must be one of {', '.join(_GENERATIVE)}, got {estimator!r}")
+    if not isinstance(representations, Mapping):
+        representations = {name: 512 for name in representations}
+    estimators: dict[tuple[str, str], MIEstimator] = {}
+    for landmark in landmarks:
+        q_y = transformed_normal(2, hidden_dims=marginal_hidden_dims, n_transforms=n_transforms)
+        for name, z_dim in representations.items():
+            q_y_given_x = conditional_transformed_normal(
+                2, context_dim=z_dim, hidden_dims=hidden_dims, n_transforms=n_transforms
+            )
+            if estimator == "doe":
+                estimators[(name, landmark)] = DoE(q_Y_given_X=q_y_given_x, q_Y=q_y)
+            elif estimator == "club":
+                estimators[(name, landmark)] = CLUB(q_y_given_x)
+            else:
+                estimators[(name, landmark)] = L1Out(q_y_given_x)
+    return estimators
 
 
 def _take(dataset: Dataset, size: int | None, seed: int) -> Dataset:

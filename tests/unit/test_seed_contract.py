@@ -249,3 +249,22 @@ def test_evaluate_mi_weights_batches_by_samples():
     # shuffling the evaluation loader changes nothing
     loader = DataLoader(list(zip(x, y, strict=True)), batch_size=7, shuffle=True)
     assert evaluate_mi(doe, data=loader) == pytest.approx(expected, abs=1e-5)
+
+
+def test_the_seed_helpers_exist_with_the_notebooks_output():
+    from mist_core import LANDMARKS as SEED_LANDMARKS
+    from mist_core import REPRESENTATIONS as SEED_REPRESENTATIONS
+    from mist_core import instantiate_estimators as seed_instantiate
+
+    assert list(SEED_LANDMARKS) == LANDMARKS
+    assert list(SEED_REPRESENTATIONS) == REPRESENTATIONS
+    estimators = seed_instantiate()
+    assert [(r, lm, type(e).__name__) for (r, lm), e in estimators.items()] == [
+        (r, lm, "DoE") for lm in LANDMARKS for r in REPRESENTATIONS
+    ]
+    multi = MultiMIEstimator(estimators)
+    assert multi.infomax_gradient == {
+        "random_init": True, "left_eye": False, "pretrained": True, "finetuned": True,
+        "right_eye": False, "nose": False, "left_mouth": False, "right_mouth": False,
+    }
+    assert list(multi.infomax_gradient)[:4] == ["random_init", "left_eye", "pretrained", "finetuned"]
