@@ -10,6 +10,7 @@ bottom; it knows nothing about threads or UIs: a caller streams progress through
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 import threading
@@ -29,6 +30,8 @@ from mist_core.estimators import ESTIMATORS, build_estimator
 __all__ = [
     "EstimateResult",
     "Progress",
+    "ResumeFrom",
+    "TrainState",
     "estimate_mi",
     "evaluate_mi",
     "resolve_device",
@@ -62,6 +65,33 @@ class Progress:
     total_steps: int | None
     samples: int
     elapsed_s: float
+
+
+@dataclass(frozen=True)
+class TrainState:
+    """What a checkpoint needs, handed to ``train_mi_estimator(checkpoint=...)``.
+
+    ``epoch`` counts completed epochs; ``batches_in_epoch`` the batches done in the next one
+    (non-zero when training stopped mid-epoch). ``reason``: ``"epoch"``, ``"stopped"``,
+    ``"early_stopped"`` or ``"finished"``.
+    """
+
+    estimator: nn.Module
+    optimizer: torch.optim.Optimizer
+    step: int
+    epoch: int
+    batches_in_epoch: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ResumeFrom:
+    """Where a resumed run starts: counters from a :class:`TrainState`, optimizer state."""
+
+    step: int
+    epoch: int
+    batches_in_epoch: int = 0
+    optimizer_state: dict | None = None
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -307,6 +337,8 @@ def train_mi_estimator(
     callback: Callable[[Progress], None] | None = None,
     stop_event: threading.Event | None = None,
     seed: int | None = None,
+    checkpoint: Callable[[TrainState], None] | None = None,
+    resume: ResumeFrom | None = None,
 ) -> pd.DataFrame:
     """Train ``estimator`` by minimising its loss, and return the log.
 
@@ -328,12 +360,18 @@ def train_mi_estimator(
         verbose: show a tqdm progress bar.
         callback: called with a :class:`Progress` after every step and every validation.
         stop_event: when set, training stops after the current step.
-        seed: seeds torch and the data order.
+        seed: seeds torch and the data order (each epoch's order is fixed by seed and epoch).
+        checkpoint: called with a :class:`TrainState` at the end of every epoch, when
+            ``stop_event`` ends training, and at the end; it can save what it needs.
+        resume: continue a run from a checkpoint: the step and epoch counters, the
+            optimizer state, and the batches of the interrupted epoch to skip. The
+            estimator's weights must already be loaded.
 
     Returns:
         A long-form ``pandas.DataFrame`` with columns ``step, epoch, split, name, value``
         (names: ``loss`` and ``I(x;y)`` per pair). ``df.attrs`` holds ``stopped`` (True if
-        ``stop_event`` ended it), ``early_stopped``, ``best_step`` and ``steps``.
+        ``stop_event`` ended it), ``early_stopped``, ``best_step``, ``steps`` (the step
+        counter at the end, including steps before a resume) and ``epochs`` (completed).
     """
     if train_data is not None and data is not None:
         raise ValueError("give the training data once: train_data or data, not both")
@@ -386,14 +424,25 @@ def train_mi_estimator(
 
     rows: list[tuple[int, int, str, str, float]] = []
     best_loss, best_state, best_step, bad_evals = math.inf, None, 0, 0
-    step, samples, epoch = 0, 0, 0
-    stopped = early_stopped = False
+    step = resume.step if resume is not None else 0
+    epoch = resume.epoch if resume is not None else 0
+    batches_in_epoch = resume.batches_in_epoch if resume is not None else 0
+    if resume is not None and resume.optimizer_state is not None:
+        opt.load_state_dict(resume.optimizer_state)
+    samples = 0
+    outcome = "finished"  # or "stopped" (stop_event) or "early_stopped"
+    last_checkpoint = -1
     start = time.perf_counter()
     bar = None
     if verbose:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, desc="training", unit="step")
+        bar = tqdm(total=total, initial=step, desc="training", unit="step")
+
+    def report(split: str, loss: float, mi: dict[str, float]) -> None:
+        if callback is not None:
+            elapsed = time.perf_counter() - start
+            callback(Progress(step, epoch, split, loss, mi, total, samples, elapsed))
 
     def validate() -> bool:
         """Log a validation pass; return True when early stopping says stop."""
@@ -403,19 +452,7 @@ def train_mi_estimator(
         loss, stats = _evaluate(estimator, valid_loader, device)
         rows.append((step, epoch, "valid", "loss", loss))
         rows.extend((step, epoch, "valid", name, s[0]) for name, s in stats.items())
-        if callback is not None:
-            callback(
-                Progress(
-                    step,
-                    epoch,
-                    "valid",
-                    loss,
-                    {n: s[0] for n, s in stats.items()},
-                    total,
-                    samples,
-                    time.perf_counter() - start,
-                )
-            )
+        report("valid", loss, {n: s[0] for n, s in stats.items()})
         if loss < best_loss:
             best_loss, best_step, bad_evals = loss, step, 0
             if early_stopping:
@@ -424,12 +461,21 @@ def train_mi_estimator(
         bad_evals += 1
         return early_stopping and bad_evals >= patience
 
+    def save(reason: str) -> None:
+        nonlocal last_checkpoint
+        if checkpoint is not None and last_checkpoint != step:
+            checkpoint(TrainState(estimator, opt, step, epoch, batches_in_epoch, reason))
+            last_checkpoint = step
+
+    def budget_left() -> bool:
+        return (max_iterations is None or step < max_iterations) and (
+            max_epochs is None or epoch < max_epochs
+        )
+
     estimator.train()
     try:
-        while not stopped and not early_stopped:
-            if max_epochs is not None and epoch >= max_epochs:
-                break
-            for raw in train_loader:
+        while outcome == "finished" and budget_left():
+            for raw in _epoch_batches(train_loader, epoch, seed, skip=batches_in_epoch):
                 batch = _to_batch(raw, device)
                 terms = estimator.batch_terms(batch)
                 _check_finite(terms.loss, terms.log_ratios, step)
@@ -440,64 +486,68 @@ def train_mi_estimator(
                 opt.step()
 
                 step += 1
+                batches_in_epoch += 1
                 samples += _batch_size_of(batch)
-                names = ["loss", *terms.log_ratios]
+                # One device sync per step for the whole log line.
                 with torch.no_grad():
                     values = torch.stack(
                         [terms.loss.detach()]
                         + [v.detach().mean() for v in terms.log_ratios.values()]
                     ).tolist()
+                names = ["loss", *terms.log_ratios]
                 rows.extend(
                     (step, epoch, "train", n, v) for n, v in zip(names, values, strict=True)
                 )
-                if callback is not None:
-                    callback(
-                        Progress(
-                            step,
-                            epoch,
-                            "train",
-                            values[0],
-                            dict(zip(names[1:], values[1:], strict=True)),
-                            total,
-                            samples,
-                            time.perf_counter() - start,
-                        )
-                    )
+                report("train", values[0], dict(zip(names[1:], values[1:], strict=True)))
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{values[0]:.3f}")
                 if stop_event is not None and stop_event.is_set():
-                    stopped = True
+                    outcome = "stopped"
                     break
                 if max_iterations is not None and step >= max_iterations:
                     break
                 if eval_every is not None and step % eval_every == 0 and validate():
-                    early_stopped = True
+                    outcome = "early_stopped"
                     break
-            else:
+            else:  # the epoch ran to its end
+                if batches_in_epoch == 0:
+                    raise ValueError("the training data yielded no batches")
                 epoch += 1
+                batches_in_epoch = 0
                 if eval_every is None and validate():
-                    early_stopped = True
+                    outcome = "early_stopped"
+                save("epoch")
                 continue
-            if max_iterations is not None and step >= max_iterations:
-                break
+            break
         if step == 0:
             raise ValueError("the training data yielded no batches")
-        if (
-            not stopped
-            and not early_stopped
-            and valid_loader is not None
-            and (not rows or rows[-1][2] != "valid")
-        ):
+        if outcome == "finished" and valid_loader is not None and rows[-1][2] != "valid":
             validate()
+        if early_stopping and best_state is not None and outcome != "stopped":
+            estimator.load_state_dict(best_state)
+        save(outcome)
     finally:
         if bar is not None:
             bar.close()
-    if early_stopping and best_state is not None:
-        estimator.load_state_dict(best_state)
     log = pd.DataFrame(rows, columns=["step", "epoch", "split", "name", "value"])
-    log.attrs.update(stopped=stopped, early_stopped=early_stopped, best_step=best_step, steps=step)
+    log.attrs.update(
+        stopped=outcome == "stopped",
+        early_stopped=outcome == "early_stopped",
+        best_step=best_step,
+        steps=step,
+        epochs=epoch,
+    )
     return log
+
+
+def _epoch_batches(loader: Iterable, epoch: int, seed: int | None, skip: int) -> Iterable:
+    """The batches of one epoch, in an order fixed by ``(seed, epoch)`` when the loader has a
+    generator, so a run resumed mid-epoch skips exactly the batches it had already seen."""
+    generator = getattr(loader, "generator", None)
+    if seed is not None and isinstance(generator, torch.Generator):
+        generator.manual_seed(seed * 1_000_003 + epoch)
+    return itertools.islice(iter(loader), skip, None)
 
 
 @dataclass(frozen=True)
