@@ -39,7 +39,14 @@ from mist_core.estimators import (
     TransformedMIEstimator,
 )
 from mist_core.freeze import is_frozen
-from mist_core.training import Progress, evaluate_mi, resolve_device, train_mi_estimator
+from mist_core.training import (
+    Progress,
+    ResumeFrom,
+    TrainState,
+    evaluate_mi,
+    resolve_device,
+    train_mi_estimator,
+)
 
 __all__ = [
     "DATASETS",
@@ -380,9 +387,16 @@ class LandmarkExperiment:
         *,
         callback: Callable[[Progress], None] | None = None,
         stop_event: threading.Event | None = None,
+        checkpoint: Callable[[TrainState], None] | None = None,
+        resume: ResumeFrom | None = None,
         verbose: bool = False,
     ) -> pd.DataFrame:
-        """Train every estimator (and the trained encoders) jointly; returns the long log."""
+        """Train every estimator (and the trained encoders) jointly; returns the long log.
+
+        ``callback``, ``stop_event``, ``checkpoint`` and ``resume`` are passed to
+        :func:`~mist_core.train_mi_estimator`; for ``resume``, load :attr:`model`'s weights
+        first.
+        """
         c = self.config
         self.model.to(self.device)
         start = time.perf_counter()
@@ -399,6 +413,8 @@ class LandmarkExperiment:
             seed=c.seed,
             callback=callback,
             stop_event=stop_event,
+            checkpoint=checkpoint,
+            resume=resume,
             verbose=verbose,
         )
         log.attrs["setup_s"] = setup_s

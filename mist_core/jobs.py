@@ -1,0 +1,422 @@
+"""Background training jobs: a landmark experiment trained in a worker thread.
+
+A :class:`JobRegistry` (one per process) submits jobs, queues them so that at most one runs
+per device, and finds them again by id. A :class:`Job` trains its experiment in a thread,
+writes everything to its run directory (:mod:`mist_core.runs`) as it goes, and publishes an
+immutable :class:`JobSnapshot` that a UI can poll. Stopping is cooperative and takes effect
+after the current training step; an exception in the worker ends the job as failed with its
+message and traceback, and never reaches the caller's thread. Nothing here knows about any
+UI framework.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+import torch
+
+import mist_core
+from mist_core.experiment import ExperimentConfig, LandmarkExperiment
+from mist_core.runs import Run, RunStatus, RunStore
+from mist_core.training import Progress, ResumeFrom, TrainState
+
+__all__ = ["Job", "JobRegistry", "JobSnapshot", "JobState", "environment"]
+
+logger = logging.getLogger(__name__)
+
+#: A job's states are a run's states.
+JobState = RunStatus
+_ENDED = (RunStatus.STOPPED, RunStatus.FINISHED, RunStatus.FAILED)
+#: The most points per curve a snapshot carries (older points are thinned evenly).
+MAX_CURVE_POINTS = 2000
+#: How often buffered metric rows are written to the run's metrics.csv.
+FLUSH_EVERY_S = 1.0
+
+Curves = Mapping[str, tuple[tuple[int, float], ...]]
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """An immutable copy of a job's progress, safe to read from any thread.
+
+    ``train_curves`` / ``valid_curves`` map ``"I(encoder;landmark)"`` (and ``"loss"``) to
+    ``((step, value), ...)``; ``mi_table`` is the final test-set table (rows of encoder,
+    landmark, mi, std_error) once the job has finished.
+    """
+
+    id: str
+    run_name: str | None
+    state: RunStatus
+    config: ExperimentConfig
+    device: str
+    epoch: int = 0
+    step: int = 0
+    total_steps: int | None = None
+    samples_per_s: float | None = None
+    eta_s: float | None = None
+    loss: float | None = None
+    train_curves: Curves = field(default_factory=dict)
+    valid_curves: Curves = field(default_factory=dict)
+    mi_table: tuple[Mapping[str, object], ...] = ()
+    message: str = ""
+    error: str | None = None
+    traceback: str | None = None
+    created: float = 0.0
+    started: float | None = None
+    finished: float | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in _ENDED
+
+    @property
+    def fraction(self) -> float:
+        """Progress in [0, 1] (0 while the total is unknown)."""
+        if not self.total_steps:
+            return 1.0 if self.state is RunStatus.FINISHED else 0.0
+        return min(1.0, self.step / self.total_steps)
+
+
+def environment(device: torch.device | str) -> dict[str, str]:
+    """Versions and hardware, for a run's summary."""
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return {
+        "mist_core": mist_core.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": name or platform.machine(),
+        "threads": str(torch.get_num_threads()),
+    }
+
+
+def _thin(points: list[tuple[int, float]]) -> tuple[tuple[int, float], ...]:
+    if len(points) <= MAX_CURVE_POINTS:
+        return tuple(points)
+    stride = len(points) / MAX_CURVE_POINTS
+    picked = [points[int(i * stride)] for i in range(MAX_CURVE_POINTS - 1)]
+    return (*picked, points[-1])
+
+
+class Job:
+    """One experiment trained in a background thread. Create jobs with :class:`JobRegistry`."""
+
+    def __init__(
+        self,
+        registry: JobRegistry,
+        config: ExperimentConfig,
+        *,
+        run_name: str | None = None,
+        resume: bool = False,
+    ) -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.config = config
+        self._registry = registry
+        self._resume = resume
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._device = str(torch.device(config.device)) if config.device != "auto" else (
+            "cuda" if torch.cuda.is_available() else "cpu"
+        )
+        self._state = RunStatus.QUEUED
+        self._run_name = run_name
+        self._run: Run | None = None
+        self._created = time.time()
+        self._started: float | None = None
+        self._finished: float | None = None
+        self._progress: Progress | None = None
+        self._first_step: tuple[int, float] | None = None
+        self._curves: dict[str, dict[str, list[tuple[int, float]]]] = {"train": {}, "valid": {}}
+        self._pending_rows: list[tuple[int, int, str, str, float]] = []
+        self._last_flush = 0.0
+        self._mi_table: tuple[Mapping[str, object], ...] = ()
+        self._message = "waiting for the device" if not resume else "waiting to resume"
+        self._error: str | None = None
+        self._traceback: str | None = None
+        self._thread = threading.Thread(target=self._main, name=f"mist-job-{self.id}", daemon=True)
+
+    # --- public ---------------------------------------------------------------------------
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    @property
+    def run_name(self) -> str | None:
+        return self._run_name
+
+    def stop(self) -> None:
+        """Ask the job to stop after its current step (it saves a checkpoint first)."""
+        with self._lock:
+            if self._state in _ENDED:
+                return
+            self._stop.set()
+            if self._state is RunStatus.RUNNING:
+                self._state = RunStatus.STOPPING
+                self._message = "stopping after the current step"
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job has ended; True if it has."""
+        return self._done.wait(timeout)
+
+    def snapshot(self) -> JobSnapshot:
+        with self._lock:
+            progress = self._progress
+            rate = eta = None
+            if progress is not None and self._first_step is not None:
+                first_samples, first_time = self._first_step
+                elapsed = progress.elapsed_s - first_time
+                if elapsed > 0 and progress.samples > first_samples:
+                    rate = (progress.samples - first_samples) / elapsed
+                    steps_per_s = rate / self.config.batch_size
+                    if progress.total_steps and steps_per_s > 0:
+                        eta = max(0.0, (progress.total_steps - progress.step) / steps_per_s)
+            return JobSnapshot(
+                id=self.id,
+                run_name=self._run_name,
+                state=self._state,
+                config=self.config,
+                device=self._device,
+                epoch=progress.epoch if progress else 0,
+                step=progress.step if progress else 0,
+                total_steps=progress.total_steps if progress else None,
+                samples_per_s=rate,
+                eta_s=eta,
+                loss=progress.loss if progress and progress.split == "train" else None,
+                train_curves=MappingProxyType(
+                    {k: _thin(v) for k, v in self._curves["train"].items()}
+                ),
+                valid_curves=MappingProxyType(
+                    {k: tuple(v) for k, v in self._curves["valid"].items()}
+                ),
+                mi_table=self._mi_table,
+                message=self._message,
+                error=self._error,
+                traceback=self._traceback,
+                created=self._created,
+                started=self._started,
+                finished=self._finished,
+            )
+
+    # --- worker ---------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        self._thread.start()
+
+    def _set(self, state: RunStatus, message: str = "") -> None:
+        with self._lock:
+            self._state = state
+            self._message = message
+        if self._run is not None:
+            try:
+                self._run.set_status(state, message=message or None, traceback=self._traceback)
+            except OSError as error:  # the UI still shows the state; the disk may be full
+                logger.warning("could not write the status of run %s: %s", self._run_name, error)
+
+    def _main(self) -> None:
+        try:
+            slot = self._registry._device_slot(self._device)
+            while not slot.acquire(timeout=0.05):
+                if self._stop.is_set():
+                    with self._lock:
+                        self._state, self._message = RunStatus.STOPPED, "cancelled while queued"
+                        self._finished = time.time()
+                    return
+            try:
+                self._train()
+            finally:
+                slot.release()
+        except BaseException as error:  # noqa: BLE001 - a worker must never take the process down
+            with self._lock:
+                self._error = f"{type(error).__name__}: {error}"
+                self._traceback = traceback.format_exc()
+                self._finished = time.time()
+            logger.error("job %s failed: %s", self.id, self._error)
+            self._flush(force=True)
+            self._set(RunStatus.FAILED, self._error)
+        finally:
+            self._registry._finished(self)
+            self._done.set()
+
+    def _train(self) -> None:
+        store = self._registry.store
+        if self._resume:
+            assert self._run_name is not None
+            self._run = store.open(self._run_name)
+        else:
+            self._run = store.create(self.config, self._run_name)
+            with self._lock:
+                self._run_name = self._run.name
+        with self._lock:
+            self._started = time.time()
+        if self._stop.is_set():
+            self._set(RunStatus.STOPPED, "stopped before it started")
+            return
+        self._set(RunStatus.RUNNING, "preparing the images and encoders")
+        experiment = LandmarkExperiment(self.config, cache=self._registry.feature_cache)
+        resume = self._resume_point(experiment) if self._resume else None
+        experiment.datasets()
+        self._set(RunStatus.RUNNING, "training")
+        log = experiment.train(
+            callback=self._on_progress,
+            stop_event=self._stop,
+            checkpoint=lambda state: self._checkpoint(experiment, state),
+            resume=resume,
+        )
+        self._flush(force=True)
+        stopped = bool(log.attrs.get("stopped"))
+        with self._lock:
+            self._message = "evaluating on the test images"
+        table = experiment.evaluate()
+        rows = tuple(MappingProxyType(r) for r in table.to_dict("records"))
+        assert self._run is not None
+        self._run.write_summary({
+            "mi": table.to_dict("records"),
+            "steps": int(log.attrs.get("steps", 0)),
+            "epochs": int(log.attrs.get("epochs", 0)),
+            "stopped": stopped,
+            "seconds": time.time() - (self._started or time.time()),
+            "environment": environment(experiment.device),
+        })
+        with self._lock:
+            self._mi_table = rows
+            self._finished = time.time()
+        if stopped:
+            self._set(RunStatus.STOPPED, f"stopped at step {log.attrs.get('steps')}; resumable")
+        else:
+            self._set(RunStatus.FINISHED, "finished")
+
+    def _resume_point(self, experiment: LandmarkExperiment) -> ResumeFrom:
+        assert self._run is not None
+        checkpoint = self._run.load_checkpoint()
+        experiment.model.load_state_dict(checkpoint.model_state)
+        self._run.truncate_metrics(checkpoint.step)
+        metrics = self._run.read_metrics()
+        with self._lock:  # show the curves so far
+            for row in metrics.itertuples(index=False):
+                self._curves[row.split].setdefault(row.name, []).append((row.step, row.value))
+        extra = checkpoint.extra or {}
+        return ResumeFrom(
+            step=checkpoint.step,
+            epoch=checkpoint.epoch,
+            batches_in_epoch=int(extra.get("batches_in_epoch", 0)),
+            optimizer_state=checkpoint.optimizer_state,
+        )
+
+    def _on_progress(self, progress: Progress) -> None:
+        names = ({"loss": progress.loss} | progress.mi).items()
+        rows = [(progress.step, progress.epoch, progress.split, n, v) for n, v in names]
+        with self._lock:
+            self._progress = progress
+            if self._first_step is None and progress.split == "train":
+                self._first_step = (progress.samples, progress.elapsed_s)
+            curves = self._curves.setdefault(progress.split, {})
+            for name, value in names:
+                curves.setdefault(name, []).append((progress.step, value))
+            self._pending_rows.extend(rows)
+        self._flush()
+
+    def _flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._run is None or (not force and now - self._last_flush < FLUSH_EVERY_S):
+            return
+        with self._lock:
+            rows, self._pending_rows = self._pending_rows, []
+        if rows:
+            self._run.append_metrics(rows)
+        self._last_flush = now
+
+    def _checkpoint(self, experiment: LandmarkExperiment, state: TrainState) -> None:
+        assert self._run is not None
+        self._flush(force=True)  # metrics up to this step are on disk before the checkpoint
+        self._run.save_checkpoint(
+            experiment.model.state_dict(),
+            step=state.step,
+            epoch=state.epoch,
+            optimizer_state=state.optimizer.state_dict(),
+            extra={"batches_in_epoch": state.batches_in_epoch, "reason": state.reason},
+        )
+
+
+class JobRegistry:
+    """The process-wide set of jobs: submit, find, list, cancel, shut down.
+
+    Args:
+        store: the run store (or its root folder) every job writes to.
+        feature_cache: shared by all jobs, so frozen features computed once are reused.
+
+    At most one job runs per device; later ones wait in the ``queued`` state.
+    """
+
+    def __init__(self, store: RunStore | str | Path = "runs", feature_cache=None) -> None:
+        self.store = store if isinstance(store, RunStore) else RunStore(store)
+        self.feature_cache = feature_cache
+        self._jobs: dict[str, Job] = {}
+        self._slots: dict[str, threading.Semaphore] = {}
+        self._lock = threading.Lock()
+
+    def _device_slot(self, device: str) -> threading.Semaphore:
+        with self._lock:
+            return self._slots.setdefault(device, threading.Semaphore(1))
+
+    def _finished(self, job: Job) -> None:
+        logger.info("job %s ended: %s", job.id, job.snapshot().state.value)
+
+    def submit(self, config: ExperimentConfig, run_name: str | None = None) -> Job:
+        """Start (or queue) a new job that trains ``config`` into a new run."""
+        job = Job(self, config, run_name=run_name)
+        with self._lock:
+            self._jobs[job.id] = job
+        job._start()
+        return job
+
+    def resume(self, run_name: str) -> Job:
+        """Continue a stopped run from its last checkpoint, appending to its metrics."""
+        run = self.store.open(run_name)
+        if not run.has_checkpoint():
+            raise ValueError(f"run {run_name!r} has no checkpoint to resume from")
+        for job in self.jobs():
+            if job.run_name == run_name and not job.snapshot().done:
+                raise ValueError(f"run {run_name!r} is already being trained by job {job.id}")
+        job = Job(self, run.config(), run_name=run_name, resume=True)
+        with self._lock:
+            self._jobs[job.id] = job
+        job._start()
+        return job
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            if job_id not in self._jobs:
+                raise KeyError(f"no job {job_id!r}; known jobs: {', '.join(self._jobs) or 'none'}")
+            return self._jobs[job_id]
+
+    def jobs(self) -> list[Job]:
+        """Every job of this process, oldest first."""
+        with self._lock:
+            return list(self._jobs.values())
+
+    def cancel(self, job_id: str) -> None:
+        self.get(job_id).stop()
+
+    def shutdown(self, wait: bool = True, timeout: float | None = None) -> None:
+        """Stop every job; with ``wait``, return when they have ended (or after ``timeout``)."""
+        jobs = self.jobs()
+        for job in jobs:
+            job.stop()
+        if wait:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            for job in jobs:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                job.wait(remaining)
