@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from mist_core.data.celeba import CelebALandmarks
-from mist_core.data.features import FeatureCache, WithFeatures
+from mist_core.data.features import FeatureCache, WithFeatures, module_fingerprint
 from mist_core.data.synthetic_faces import LANDMARKS, SyntheticFaces
 from mist_core.distributions import conditional_transformed_normal, transformed_normal
 from mist_core.encoders import ENCODER_PRESETS, build_encoder, encoder_availability
@@ -298,6 +298,48 @@ class LandmarkExperiment:
             base_estimator=self.estimator,
             transforms_rename={("image", name): enc for name, enc in self.encoders.items()},
         )
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def _frozen_prefixes(self) -> dict[str, str]:
+        return {
+            name: f"transforms.{name}." for name, enc in self.encoders.items() if is_frozen(enc)
+        }
+
+    def frozen_fingerprints(self) -> dict[str, str]:
+        """``{encoder: weights hash}`` of the frozen encoders (rebuilt, not stored, on reload)."""
+        if not hasattr(self, "_fingerprints"):
+            self._fingerprints = {
+                name: module_fingerprint(self.encoders[name]) for name in self._frozen_prefixes()
+            }
+        return dict(self._fingerprints)
+
+    def checkpoint_state(self) -> dict[str, Tensor]:
+        """The model's state without the frozen encoders, which the config rebuilds exactly
+        (seeded random init, or the ImageNet file); a checkpoint stays small and quick."""
+        prefixes = tuple(self._frozen_prefixes().values())
+        return {k: v for k, v in self.model.state_dict().items() if not k.startswith(prefixes)}
+
+    def load_checkpoint_state(
+        self, state: Mapping[str, Tensor], frozen_fingerprints: Mapping[str, str] | None = None
+    ) -> None:
+        """Load a :meth:`checkpoint_state`; the rebuilt frozen encoders must be the same ones."""
+        if frozen_fingerprints is not None:
+            ours = self.frozen_fingerprints()
+            changed = sorted(n for n, fp in frozen_fingerprints.items() if ours.get(n) != fp)
+            if changed:
+                raise ValueError(
+                    f"the frozen encoder(s) {changed} rebuilt from the config differ from the "
+                    "ones this checkpoint was trained with (other weights file or torch version?)"
+                )
+        result = self.model.load_state_dict(dict(state), strict=False)
+        prefixes = tuple(self._frozen_prefixes().values())
+        missing = [k for k in result.missing_keys if not k.startswith(prefixes)]
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                "the checkpoint does not match this experiment's model: "
+                f"missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
 
     # --- data -----------------------------------------------------------------------------
 

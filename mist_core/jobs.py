@@ -127,8 +127,10 @@ class Job:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._done = threading.Event()
-        self._device = str(torch.device(config.device)) if config.device != "auto" else (
-            "cuda" if torch.cuda.is_available() else "cpu"
+        self._device = (
+            str(torch.device(config.device))
+            if config.device != "auto"
+            else ("cuda" if torch.cuda.is_available() else "cpu")
         )
         self._state = RunStatus.QUEUED
         self._run_name = run_name
@@ -267,6 +269,7 @@ class Job:
         self._set(RunStatus.RUNNING, "preparing the images and encoders")
         experiment = LandmarkExperiment(self.config, cache=self._registry.feature_cache)
         resume = self._resume_point(experiment) if self._resume else None
+        experiment.frozen_fingerprints()
         experiment.datasets()
         self._set(RunStatus.RUNNING, "training")
         log = experiment.train(
@@ -276,32 +279,37 @@ class Job:
             resume=resume,
         )
         self._flush(force=True)
-        stopped = bool(log.attrs.get("stopped"))
+        steps = int(log.attrs.get("steps", 0))
+        if log.attrs.get("stopped"):
+            # A stop must be quick: the checkpoint is saved; evaluation can come later.
+            with self._lock:
+                self._finished = time.time()
+            self._set(RunStatus.STOPPED, f"stopped at step {steps}; it can be resumed")
+            return
         with self._lock:
             self._message = "evaluating on the test images"
         table = experiment.evaluate()
-        rows = tuple(MappingProxyType(r) for r in table.to_dict("records"))
         assert self._run is not None
-        self._run.write_summary({
-            "mi": table.to_dict("records"),
-            "steps": int(log.attrs.get("steps", 0)),
-            "epochs": int(log.attrs.get("epochs", 0)),
-            "stopped": stopped,
-            "seconds": time.time() - (self._started or time.time()),
-            "environment": environment(experiment.device),
-        })
+        self._run.write_summary(
+            {
+                "mi": table.to_dict("records"),
+                "steps": steps,
+                "epochs": int(log.attrs.get("epochs", 0)),
+                "train_seconds": time.time() - (self._started or time.time()),
+                "environment": environment(experiment.device),
+            }
+        )
         with self._lock:
-            self._mi_table = rows
+            self._mi_table = tuple(MappingProxyType(r) for r in table.to_dict("records"))
             self._finished = time.time()
-        if stopped:
-            self._set(RunStatus.STOPPED, f"stopped at step {log.attrs.get('steps')}; resumable")
-        else:
-            self._set(RunStatus.FINISHED, "finished")
+        self._set(RunStatus.FINISHED, "finished")
 
     def _resume_point(self, experiment: LandmarkExperiment) -> ResumeFrom:
         assert self._run is not None
         checkpoint = self._run.load_checkpoint()
-        experiment.model.load_state_dict(checkpoint.model_state)
+        experiment.load_checkpoint_state(
+            checkpoint.model_state, (checkpoint.extra or {}).get("frozen_fingerprints")
+        )
         self._run.truncate_metrics(checkpoint.step)
         metrics = self._run.read_metrics()
         with self._lock:  # show the curves so far
@@ -342,11 +350,15 @@ class Job:
         assert self._run is not None
         self._flush(force=True)  # metrics up to this step are on disk before the checkpoint
         self._run.save_checkpoint(
-            experiment.model.state_dict(),
+            experiment.checkpoint_state(),
             step=state.step,
             epoch=state.epoch,
             optimizer_state=state.optimizer.state_dict(),
-            extra={"batches_in_epoch": state.batches_in_epoch, "reason": state.reason},
+            extra={
+                "batches_in_epoch": state.batches_in_epoch,
+                "reason": state.reason,
+                "frozen_fingerprints": experiment.frozen_fingerprints(),
+            },
         )
 
 
