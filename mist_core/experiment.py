@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -47,6 +47,9 @@ from mist_core.training import (
     resolve_device,
     train_mi_estimator,
 )
+
+if TYPE_CHECKING:
+    from mist_core.runs import Run
 
 __all__ = [
     "DATASETS",
@@ -300,6 +303,18 @@ class LandmarkExperiment:
         )
 
     # --- checkpoints ----------------------------------------------------------------------
+
+    @classmethod
+    def from_run(cls, run: Run, which: str | int = "latest", **kwargs: Any) -> LandmarkExperiment:
+        """Rebuild a run's experiment with the weights of one of its checkpoints (e.g. to
+        evaluate it or draw posteriors). ``kwargs`` go to the constructor (``cache``...)."""
+        experiment = cls(run.config(), **kwargs)
+        checkpoint = run.load_checkpoint(which)
+        experiment.load_checkpoint_state(
+            checkpoint.model_state, (checkpoint.extra or {}).get("frozen_fingerprints")
+        )
+        experiment.model.eval()
+        return experiment
 
     def _frozen_prefixes(self) -> dict[str, str]:
         return {

@@ -247,7 +247,7 @@ class ConditionalTransformedNormal(_FlowDensity):
         norm = self.context_normalization
         if norm is not None:
             norm.observe(context)  # no-op in eval mode
-            context = (context - norm.mean) / (norm.std + norm.eps)
+            context = norm.standardize(context)
         return self._distribution(context)
 
     def forward(self, context: Tensor) -> Distribution:
@@ -346,6 +346,11 @@ def conditional_transformed_normal(
     layers = [factory(input_dim, context_dim, hidden_dims, i) for i in range(n_transforms)]
     if normalization == "emanorm":
         return ConditionalTransformedNormal(
-            layers, input_dim, context_dim, EMANorm(input_dim), EMANorm(context_dim)
+            layers,
+            input_dim,
+            context_dim,
+            EMANorm(input_dim),
+            # features of a random encoder can be constant in some units: floor at 10%
+            EMANorm(context_dim, min_scale_ratio=0.1),
         )
     return ConditionalTransformedNormal(layers, input_dim, context_dim, None)

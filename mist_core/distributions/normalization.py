@@ -18,12 +18,16 @@ __all__ = ["EMANorm"]
 
 
 class EMANorm(LazyTransform):
-    r"""Standardises :math:`y \mapsto (y - \mu) / (\sigma + \epsilon)` with running statistics.
+    r"""Standardises :math:`y \mapsto (y - \mu) / s` with running statistics,
+    :math:`s = \max(\sigma, r \bar\sigma) + \epsilon`.
 
     Args:
         features: size ``D`` of the last dimension of the data.
         momentum: weight of a new batch in the moving average (``0 < momentum <= 1``).
-        eps: floor added to the standard deviation, in data units.
+        eps: added to the standard deviation, in data units.
+        min_scale_ratio: no dimension is divided by less than this fraction of the mean
+            standard deviation. A (nearly) constant dimension, such as a dead ReLU unit of a
+            random encoder, would otherwise blow tiny deviations up to huge values.
 
     ``EMANorm()(context)`` returns a :class:`torch.distributions.Transform` that reads the
     statistics when it is applied, so a batch observed just before evaluation is already
@@ -31,7 +35,13 @@ class EMANorm(LazyTransform):
     it does nothing in eval mode.
     """
 
-    def __init__(self, features: int, momentum: float = 0.01, eps: float = 1e-6) -> None:
+    def __init__(
+        self,
+        features: int,
+        momentum: float = 0.01,
+        eps: float = 1e-6,
+        min_scale_ratio: float = 1e-3,
+    ) -> None:
         super().__init__()
         if features < 1:
             raise ValueError(f"features must be >= 1, got {features}")
@@ -40,6 +50,7 @@ class EMANorm(LazyTransform):
         self.features = features
         self.momentum = momentum
         self.eps = eps
+        self.min_scale_ratio = min_scale_ratio
         self.register_buffer("mean", torch.zeros(features))
         self.register_buffer("std", torch.ones(features))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
@@ -70,6 +81,14 @@ class EMANorm(LazyTransform):
             self.mean.lerp_(mean, self.momentum)
             self.std.lerp_(std, self.momentum)
 
+    def scale(self) -> Tensor:
+        """The divisor ``[D]``: the running std, floored relative to its mean, plus ``eps``."""
+        return self.std.clamp_min(self.min_scale_ratio * self.std.mean()) + self.eps
+
+    def standardize(self, x: Tensor) -> Tensor:
+        """``(x - mean) / scale`` for ``x: [..., D]``."""
+        return (x - self.mean) / self.scale()
+
     def forward(self, c: Tensor | None = None) -> Transform:
         return _Standardize(self)
 
@@ -86,15 +105,12 @@ class _Standardize(Transform):
         super().__init__()
         self.norm = norm
 
-    def _scale(self) -> Tensor:
-        return self.norm.std + self.norm.eps
-
     def _call(self, y: Tensor) -> Tensor:
-        return (y - self.norm.mean) / self._scale()
+        return self.norm.standardize(y)
 
     def _inverse(self, z: Tensor) -> Tensor:
-        return z * self._scale() + self.norm.mean
+        return z * self.norm.scale() + self.norm.mean
 
     def log_abs_det_jacobian(self, y: Tensor, z: Tensor) -> Tensor:
-        ladj = -self._scale().log().sum()
+        ladj = -self.norm.scale().log().sum()
         return ladj.expand(torch.broadcast_shapes(y.shape, z.shape)[:-1])

@@ -167,3 +167,27 @@ def test_bad_names_and_arguments_say_what_is_valid():
         q.condition(torch.randn(4, 5))
     with pytest.raises(ValueError, match="over 2-d vectors"):
         transformed_normal(2).log_prob(torch.randn(4, 3))
+
+
+def test_a_constant_context_unit_does_not_blow_up_the_conditioner():
+    """A random encoder's dead ReLU unit is 0 in training; a test image may light it up."""
+    torch.manual_seed(0)
+    q = conditional_transformed_normal(2, 4, hidden_dims=[16])
+    context = torch.randn(256, 4)
+    context[:, 3] = 0.0
+    q.train()
+    q.condition(context).log_prob(torch.randn(256, 2))
+    q.eval()
+    scale = q.context_normalization.scale()
+    assert scale[3] >= 0.1 * q.context_normalization.std.mean()
+    test_context = torch.randn(8, 4)
+    test_context[:, 3] = 0.5
+    z = q.context_normalization.standardize(test_context)
+    assert z.abs().max() < 20
+
+
+def test_emanorm_scale_floor_is_relative():
+    norm = EMANorm(3, min_scale_ratio=0.1)
+    norm.observe(torch.tensor([[0.0, 10.0, 5.0], [0.0, -10.0, -5.0]]))
+    # mean std = 5: the constant unit is divided by 0.5, the others by their own std
+    torch.testing.assert_close(norm.scale(), torch.tensor([0.5, 10.0, 5.0]), atol=1e-5, rtol=0)

@@ -1,0 +1,217 @@
+"""Headless training and evaluation: ``python -m mist_core {train,resume,evaluate,list}``.
+
+The CLI drives the same job engine and run directories as the dashboard, so a run trained
+on a GPU server shows up in the dashboard's Results page and vice versa.
+
+    python -m mist_core train --preset demo-cpu
+    python -m mist_core train --config my.json --set epochs=3 --set device=cuda
+    python -m mist_core resume 20261128-093000-1a2b3c
+    python -m mist_core evaluate 20261128-093000-1a2b3c
+    python -m mist_core list
+
+Ctrl-C stops training after the current step and saves a checkpoint (``resume`` continues).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+import pandas as pd
+
+from mist_core.experiment import PRESETS, ExperimentConfig, LandmarkExperiment, preset
+from mist_core.jobs import Job, JobRegistry, JobState
+from mist_core.runs import RunStore
+
+__all__ = ["main"]
+
+
+def _parse_value(text: str) -> object:
+    """``--set key=value`` values are JSON when they parse as JSON, else plain strings."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _config(args: argparse.Namespace) -> ExperimentConfig:
+    if args.config:
+        config = ExperimentConfig.load(args.config)
+    else:
+        config = preset(args.preset or "demo-cpu")
+    changes = {}
+    for item in args.set or []:
+        if "=" not in item:
+            raise ValueError(f"--set takes key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        changes[key.strip()] = _parse_value(value)
+    return ExperimentConfig.from_dict({**config.to_dict(), **changes}) if changes else config
+
+
+def format_table(rows: Sequence[dict] | pd.DataFrame) -> str:
+    """The MI table as text: landmarks as rows, encoders as columns, 'mi ± se' nats."""
+    table = pd.DataFrame(list(rows) if not isinstance(rows, pd.DataFrame) else rows)
+    if table.empty:
+        return "(no MI table)"
+    cells = table.assign(
+        cell=[f"{m:6.3f} ± {s:.3f}" for m, s in zip(table.mi, table.std_error, strict=True)]
+    )
+    pivot = cells.pivot(index="landmark", columns="encoder", values="cell")
+    pivot = pivot.reindex(
+        index=list(dict.fromkeys(table.landmark)), columns=list(dict.fromkeys(table.encoder))
+    )
+    return "MI in nats (± standard error) on the test images\n" + pivot.to_string()
+
+
+def _follow(job: Job) -> int:
+    """Show a progress bar until the job ends; Ctrl-C asks it to stop (checkpoint first)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=None, unit="step", desc="waiting")
+    interrupted = False
+    try:
+        while not job.wait(0.25):
+            try:
+                snap = job.snapshot()
+                if snap.total_steps and bar.total != snap.total_steps:
+                    bar.total = snap.total_steps
+                bar.n = snap.step
+                bar.set_description(f"{snap.state.value} epoch {snap.epoch}")
+                if snap.loss is not None:
+                    bar.set_postfix(loss=f"{snap.loss:.3f}")
+                bar.refresh()
+            except KeyboardInterrupt:
+                raise
+    except KeyboardInterrupt:
+        interrupted = True
+        bar.write(
+            "stopping after the current step and saving a checkpoint (Ctrl-C again to "
+            "abort without one)..."
+        )
+        job.stop()
+        job.wait()
+    finally:
+        bar.close()
+    snap = job.snapshot()
+    print(
+        f"run {snap.run_name}: {snap.state.value} at step {snap.step}"
+        + (f" - {snap.message}" if snap.message else "")
+    )
+    if snap.state is JobState.FAILED:
+        print(snap.traceback or snap.error, file=sys.stderr)
+        return 1
+    if snap.mi_table:
+        print(format_table([dict(r) for r in snap.mi_table]))
+    if snap.state is JobState.STOPPED:
+        print(f"resume with: python -m mist_core resume {snap.run_name}")
+    return 130 if interrupted else 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    config = _config(args)
+    registry = JobRegistry(args.run_dir)
+    job = registry.submit(config, run_name=args.name)
+    return _follow(job)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    registry = JobRegistry(args.run_dir)
+    return _follow(registry.resume(args.run))
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    run = RunStore(args.run_dir).open(args.run)
+    experiment = LandmarkExperiment.from_run(run)
+    print(f"run {run.name}, checkpoint of step {run.load_checkpoint().step}")
+    print(format_table(experiment.evaluate(args.split)))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    runs = RunStore(args.run_dir).list()
+    if not runs:
+        print(f"no runs in {args.run_dir}")
+        return 0
+    for info in runs:
+        when = (
+            datetime.fromtimestamp(info.created).strftime("%Y-%m-%d %H:%M")
+            if info.created
+            else "?"
+        )
+        if info.problem:
+            print(f"{info.name:32s} {when}  unreadable: {info.problem}")
+            continue
+        status = info.status.value if info.status else "?"
+        config = info.config
+        what = f"{config.dataset}, {'+'.join(config.encoders)}" if config else ""
+        best = ""
+        if info.summary and info.summary.get("mi"):
+            top = max(info.summary["mi"], key=lambda r: r["mi"])
+            best = f"  best I({top['encoder']};{top['landmark']}) = {top['mi']:.2f} nats"
+        step = f"step {info.last_step}" if info.last_step is not None else ""
+        print(f"{info.name:32s} {when}  {status:9s} {step:10s} {what}{best}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mist_core",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--run-dir", default="runs", help="folder of run directories")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train an experiment into a new run")
+    source = train.add_mutually_exclusive_group()
+    source.add_argument("--config", help="an ExperimentConfig JSON file")
+    source.add_argument("--preset", choices=sorted(PRESETS), help="a ready-made config")
+    train.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="change a config field, e.g. --set epochs=3 (repeatable)",
+    )
+    train.add_argument("--name", help="run name (default: time stamp)")
+    train.add_argument("--run-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    train.set_defaults(func=_train)
+
+    resume = commands.add_parser("resume", help="continue a stopped run from its checkpoint")
+    resume.add_argument("run")
+    resume.add_argument("--run-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    resume.set_defaults(func=_resume)
+
+    evaluate = commands.add_parser("evaluate", help="print a run's MI table")
+    evaluate.add_argument("run")
+    evaluate.add_argument("--split", default="test", choices=["test", "train"])
+    evaluate.add_argument("--run-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    evaluate.set_defaults(func=_evaluate)
+
+    listing = commands.add_parser("list", help="list the runs")
+    listing.add_argument("--run-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    listing.set_defaults(func=_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    started = time.perf_counter()
+    try:
+        code = args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.verbose:
+        print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    return code
