@@ -1,0 +1,133 @@
+"""The headless CLI, run as a user would: ``python -m mist_core ...`` in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mist_core.cli import main
+from mist_core.runs import RunStatus, RunStore
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = [
+    "--set",
+    "train_size=48",
+    "--set",
+    "test_size=16",
+    "--set",
+    "image_size=[40,32]",
+    "--set",
+    "batch_size=8",
+    "--set",
+    'encoders=["random_init","trained"]',
+    "--set",
+    'landmarks=["nose","left_eye"]',
+    "--set",
+    "valid_fraction=0.0",
+]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _cli(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mist_core", "--run-dir", str(tmp_path / "runs"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(),
+        cwd=tmp_path,
+    )
+
+
+def test_train_list_and_evaluate(tmp_path, capsys):
+    done = _cli(
+        tmp_path, "train", "--preset", "demo-cpu", *TINY, "--set", "epochs=1", "--name", "tiny"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "run tiny: finished at step 6" in done.stdout
+    assert "MI in nats" in done.stdout and "random_init" in done.stdout
+    table = done.stdout[done.stdout.index("MI in nats") :]
+
+    # list and evaluate in-process (the subprocess above already proved the entry point)
+    assert main(["--run-dir", str(tmp_path / "runs"), "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "tiny" in listed and "finished" in listed
+
+    assert main(["--run-dir", str(tmp_path / "runs"), "evaluate", "tiny"]) == 0
+    evaluated = capsys.readouterr().out
+    # the reloaded checkpoint gives the very table the job printed
+    assert evaluated[evaluated.index("MI in nats") :] == table
+
+
+def test_errors_are_one_line_without_traceback(tmp_path, capsys):
+    runs = ["--run-dir", str(tmp_path / "runs")]
+    assert main([*runs, "train", "--preset", "demo-cpu", "--set", "epoch=3"]) == 2
+    assert "error: unknown config field(s) ['epoch']" in capsys.readouterr().err
+    assert main([*runs, "evaluate", "no-such-run"]) == 2
+    assert "no-such-run" in capsys.readouterr().err
+    assert main([*runs, "evaluate", "../etc"]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert main([*runs, "train", "--set", "epochs"]) == 2
+    assert "key=value" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_with_a_checkpoint_and_resume_finishes(tmp_path):
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mist_core",
+            "--run-dir",
+            str(tmp_path / "runs"),
+            "train",
+            "--preset",
+            "demo-cpu",
+            *TINY,
+            "--set",
+            "epochs=3",
+            "--name",
+            "interrupted",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+    )
+    run_dir = tmp_path / "runs" / "interrupted"
+    deadline = time.monotonic() + 120
+    while (
+        not (run_dir / "metrics.csv").exists()
+        or "train,loss" not in (run_dir / "metrics.csv").read_text()
+    ):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "resume with: python -m mist_core resume interrupted" in out
+    run = RunStore(tmp_path / "runs").open("interrupted")
+    assert run.status() is RunStatus.STOPPED
+    stopped_at = run.load_checkpoint().step
+    assert 1 <= stopped_at < 18
+
+    resumed = _cli(tmp_path, "resume", "interrupted")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "finished at step 18" in resumed.stdout
+    metrics = run.read_metrics()
+    losses = metrics[(metrics.split == "train") & (metrics.name == "loss")]
+    assert list(losses.step) == list(range(1, 19))
