@@ -10,6 +10,9 @@ on a GPU server shows up in the dashboard's Results page and vice versa.
     python -m mist_core list
 
 Ctrl-C stops training after the current step and saves a checkpoint (``resume`` continues).
+More than one process (``torchrun --nproc_per_node=N -m mist_core train ...``) trains data-
+parallel, NCCL on GPUs and gloo on CPUs, each process on 1/N of every batch; rank 0 writes
+the run.
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ from collections.abc import Sequence
 from datetime import datetime
 
 import pandas as pd
+import torch
 
+from mist_core import distributed
 from mist_core.experiment import PRESETS, ExperimentConfig, LandmarkExperiment, preset
 from mist_core.jobs import Job, JobRegistry, JobState
 from mist_core.runs import RunStore
+from mist_core.training import ResumeFrom
 
 __all__ = ["main"]
 
@@ -72,7 +78,9 @@ def _follow(job: Job) -> int:
     """Show a progress bar until the job ends; Ctrl-C asks it to stop (checkpoint first)."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=None, unit="step", desc="waiting")
+    # tqdm draws only on a terminal (disable=None); logs and CI get the summary lines.
+    bar = tqdm(total=None, unit="step", desc="waiting", disable=None, mininterval=0.5)
+    print(f"training run {job.snapshot().run_name or '(queued)'} on {job.device}", flush=True)
     interrupted = False
     try:
         while not job.wait(0.25):
@@ -112,16 +120,51 @@ def _follow(job: Job) -> int:
     return 130 if interrupted else 0
 
 
+def _helper_rank(config: ExperimentConfig, run_dir: str, resume_run: str | None) -> int:
+    """A torchrun process other than rank 0: train its shard; rank 0 writes the run."""
+    experiment = LandmarkExperiment(config)
+    resume = None
+    if resume_run is not None:
+        checkpoint = RunStore(run_dir).open(resume_run).load_checkpoint()
+        experiment.load_checkpoint_state(
+            checkpoint.model_state, (checkpoint.extra or {}).get("frozen_fingerprints")
+        )
+        resume = ResumeFrom(
+            checkpoint.step,
+            checkpoint.epoch,
+            int((checkpoint.extra or {}).get("batches_in_epoch", 0)),
+            checkpoint.optimizer_state,
+        )
+    try:
+        experiment.train(resume=resume)
+    except KeyboardInterrupt:  # torchrun forwards Ctrl-C to every process; rank 0 decides
+        pass
+    return 0
+
+
+def _start(args: argparse.Namespace, config: ExperimentConfig, resume_run: str | None) -> int:
+    device = distributed.init_from_env()
+    try:
+        if device is not None:  # under torchrun: this process's GPU (or the CPU with gloo)
+            config = config.replace(device=str(device))
+            if not distributed.is_main_process():
+                return _helper_rank(config, args.run_dir, resume_run)
+        registry = JobRegistry(args.run_dir)
+        if resume_run is not None:
+            return _follow(registry.resume(resume_run, config=config))
+        return _follow(registry.submit(config, run_name=args.name))
+    finally:
+        if device is not None:
+            torch.distributed.destroy_process_group()
+
+
 def _train(args: argparse.Namespace) -> int:
-    config = _config(args)
-    registry = JobRegistry(args.run_dir)
-    job = registry.submit(config, run_name=args.name)
-    return _follow(job)
+    return _start(args, _config(args), None)
 
 
 def _resume(args: argparse.Namespace) -> int:
-    registry = JobRegistry(args.run_dir)
-    return _follow(registry.resume(args.run))
+    config = RunStore(args.run_dir).open(args.run).config()
+    return _start(args, config, args.run)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -23,8 +23,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from mist_core import distributed
 from mist_core.data.celeba import CelebALandmarks
 from mist_core.data.features import FeatureCache, WithFeatures, module_fingerprint
 from mist_core.data.synthetic_faces import LANDMARKS, SyntheticFaces
@@ -423,17 +424,57 @@ class LandmarkExperiment:
             return self.estimator
         return TransformedMIEstimator(base_estimator=self.estimator, transforms_rename=live)
 
+    def _split_indices(self) -> tuple[list[int], list[int]]:
+        """Training and validation indices of the training images (fixed by the seed)."""
+        n = len(self.datasets()["train"])  # type: ignore[arg-type]
+        n_valid = int(round(n * self.config.valid_fraction))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed))
+        return sorted(order[n_valid:].tolist()), sorted(order[:n_valid].tolist())
+
     def loader(self, split: str, shuffle: bool | None = None) -> DataLoader:
-        """Batches of a split, with cached frozen features when the cache is on."""
-        dataset = self.datasets()[split]
-        tables = self._features(split)
+        """Batches of ``"train"``, ``"valid"`` (part of the training images, see
+        ``valid_fraction``) or ``"test"``, with cached frozen features when the cache is on.
+
+        Under ``torchrun`` the training batches are sharded: each of the N processes gets
+        ``batch_size / N`` images of every batch.
+        """
+        if split not in ("train", "valid", "test"):
+            raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
+        source = "test" if split == "test" else "train"
+        dataset: Dataset = self.datasets()[source]
+        tables = self._features(source)
         if tables:
             dataset = WithFeatures(dataset, tables)
+        if split != "test" and self.config.valid_fraction > 0:
+            train_idx, valid_idx = self._split_indices()
+            dataset = Subset(dataset, train_idx if split == "train" else valid_idx)
+        shuffle = (split == "train") if shuffle is None else shuffle
+        workers = 0 if self.config.preload else self.config.num_workers
+        world = distributed.world_size()
+        if split == "train" and world > 1:
+            if self.config.batch_size % world:
+                raise ValueError(
+                    f"batch_size {self.config.batch_size} must be divisible by the "
+                    f"{world} processes"
+                )
+            sampler = DistributedSampler(
+                dataset,
+                num_replicas=world,
+                rank=distributed.rank(),
+                shuffle=shuffle,
+                seed=self.config.seed,
+            )
+            return DataLoader(
+                dataset,
+                batch_size=self.config.batch_size // world,
+                sampler=sampler,
+                num_workers=workers,
+            )
         return DataLoader(
             dataset,
             batch_size=self.config.batch_size,
-            shuffle=(split == "train") if shuffle is None else shuffle,
-            num_workers=0 if self.config.preload else self.config.num_workers,
+            shuffle=shuffle,
+            num_workers=workers,
             generator=torch.Generator().manual_seed(self.config.seed),
         )
 
@@ -459,12 +500,14 @@ class LandmarkExperiment:
         start = time.perf_counter()
         train_loader = self.loader("train")
         setup_s = time.perf_counter() - start
+        valid_loader = self.loader("valid") if c.valid_fraction > 0 else None
         log = train_mi_estimator(
             self.training_model(),
             train_loader,
+            valid_data=valid_loader,
+            valid_percentage=0.0,
             max_epochs=c.epochs,
             lr=c.lr,
-            valid_percentage=c.valid_fraction,
             early_stopping=c.early_stopping,
             device=self.device,
             seed=c.seed,

@@ -394,15 +394,17 @@ class JobRegistry:
         job._start()
         return job
 
-    def resume(self, run_name: str) -> Job:
-        """Continue a stopped run from its last checkpoint, appending to its metrics."""
+    def resume(self, run_name: str, config: ExperimentConfig | None = None) -> Job:
+        """Continue a stopped run from its last checkpoint, appending to its metrics.
+
+        ``config`` may change where it runs (``device``), not what it trains."""
         run = self.store.open(run_name)
         if not run.has_checkpoint():
             raise ValueError(f"run {run_name!r} has no checkpoint to resume from")
         for job in self.jobs():
             if job.run_name == run_name and not job.snapshot().done:
                 raise ValueError(f"run {run_name!r} is already being trained by job {job.id}")
-        job = Job(self, run.config(), run_name=run_name, resume=True)
+        job = Job(self, config or run.config(), run_name=run_name, resume=True)
         with self._lock:
             self._jobs[job.id] = job
         job._start()

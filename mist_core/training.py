@@ -23,8 +23,9 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, random_split
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, random_split
 
+from mist_core import distributed
 from mist_core.estimators import ESTIMATORS, build_estimator
 
 __all__ = [
@@ -481,9 +482,11 @@ def train_mi_estimator(
                 _check_finite(terms.loss, terms.log_ratios, step)
                 opt.zero_grad(set_to_none=True)
                 terms.loss.backward()
+                distributed.all_reduce_gradients(params)  # no-op in a single process
                 if grad_clip is not None:
                     nn.utils.clip_grad_norm_(params, grad_clip)
                 opt.step()
+                distributed.broadcast_buffers(estimator)
 
                 step += 1
                 batches_in_epoch += 1
@@ -502,7 +505,8 @@ def train_mi_estimator(
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{values[0]:.3f}")
-                if stop_event is not None and stop_event.is_set():
+                asked = stop_event is not None and stop_event.is_set()
+                if distributed.any_rank(asked, device):  # every rank stops at the same step
                     outcome = "stopped"
                     break
                 if max_iterations is not None and step >= max_iterations:
@@ -545,7 +549,10 @@ def _epoch_batches(loader: Iterable, epoch: int, seed: int | None, skip: int) ->
     """The batches of one epoch, in an order fixed by ``(seed, epoch)`` when the loader has a
     generator, so a run resumed mid-epoch skips exactly the batches it had already seen."""
     generator = getattr(loader, "generator", None)
-    if seed is not None and isinstance(generator, torch.Generator):
+    sampler = getattr(loader, "sampler", None)
+    if isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(epoch)  # the shards' order is fixed by the sampler's seed and epoch
+    elif seed is not None and isinstance(generator, torch.Generator):
         generator.manual_seed(seed * 1_000_003 + epoch)
     return itertools.islice(iter(loader), skip, None)
 

@@ -131,3 +131,43 @@ def test_ctrl_c_stops_with_a_checkpoint_and_resume_finishes(tmp_path):
     metrics = run.read_metrics()
     losses = metrics[(metrics.split == "train") & (metrics.name == "loss")]
     assert list(losses.step) == list(range(1, 19))
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_with_gloo_write_one_run(tmp_path):
+    """Data-parallel on CPU: 2 processes, each on half of every batch of 8."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "mist_core",
+            "--run-dir",
+            str(tmp_path / "runs"),
+            "train",
+            "--preset",
+            "demo-cpu",
+            *TINY,
+            "--set",
+            "epochs=2",
+            "--set",
+            "device=cpu",
+            "--name",
+            "ddp",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("run ddp: finished at step 12") == 1, "only rank 0 reports"
+    runs = RunStore(tmp_path / "runs").list()
+    assert [r.name for r in runs] == ["ddp"] and runs[0].status is RunStatus.FINISHED
+    metrics = RunStore(tmp_path / "runs").open("ddp").read_metrics()
+    losses = metrics[(metrics.split == "train") & (metrics.name == "loss")]
+    assert list(losses.step) == list(range(1, 13)), "12 steps of the global batch, written once"
