@@ -348,6 +348,9 @@ class Job:
 
     def _checkpoint(self, experiment: LandmarkExperiment, state: TrainState) -> None:
         assert self._run is not None
+        if state.reason == "stopped":
+            with self._lock:
+                self._message = f"saving a checkpoint at step {state.step}"
         self._flush(force=True)  # metrics up to this step are on disk before the checkpoint
         self._run.save_checkpoint(
             experiment.checkpoint_state(),
