@@ -37,6 +37,7 @@ from mist_core.distributions._zuko import (
     NormalizingFlow,
 )
 from mist_core.distributions.normalization import EMANorm
+from mist_core.nn import mlp
 
 __all__ = [
     "CONDITIONAL_TRANSFORMS",
@@ -75,7 +76,7 @@ class DiagonalAffine(LazyTransform):
         super().__init__()
         self.features = features
         if context > 0:
-            self.hyper: nn.Module | None = _mlp(context, hidden_features, 2 * features)
+            self.hyper: nn.Module | None = mlp(context, hidden_features, 2 * features)
         else:
             self.hyper = None
             self.shift = nn.Parameter(torch.zeros(features))
@@ -87,15 +88,6 @@ class DiagonalAffine(LazyTransform):
         else:
             shift, scale = self.hyper(c).chunk(2, dim=-1)
         return DependentTransform(MonotonicAffineTransform(shift, scale), 1)
-
-
-def _mlp(in_features: int, hidden: Sequence[int], out_features: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for width in hidden:
-        layers += [nn.Linear(in_features, width), nn.ReLU()]
-        in_features = width
-    layers.append(nn.Linear(in_features, out_features))
-    return nn.Sequential(*layers)
 
 
 def _affine_autoregressive(

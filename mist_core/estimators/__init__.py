@@ -3,7 +3,7 @@ SMILE), and the wrappers that combine them (Multi, Transformed)."""
 
 from collections.abc import Callable
 
-from mist_core.estimators.base import BatchTerms, MIEstimator, Terms, mi_name
+from mist_core.estimators.base import BatchEstimator, BatchTerms, MIEstimator, Terms, mi_name
 from mist_core.estimators.critics import JointCritic, SeparableCritic
 from mist_core.estimators.discriminative import (
     JS,
@@ -51,6 +51,7 @@ __all__ = [
     "MINE",
     "NWJ",
     "SMILE",
+    "BatchEstimator",
     "BatchTerms",
     "DiscriminativeEstimator",
     "DoE",

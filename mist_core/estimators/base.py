@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-__all__ = ["BatchTerms", "MIEstimator", "Terms", "mi_name"]
+__all__ = ["BatchEstimator", "BatchTerms", "MIEstimator", "Terms", "mi_name"]
 
 
 def mi_name(x_key: str, y_key: str) -> str:
@@ -97,3 +97,31 @@ class MIEstimator(nn.Module):
             else "estimate"
         )
         return f"kind={kind!r}, infomax_gradient={self.infomax_gradient}"
+
+
+class BatchEstimator(nn.Module):
+    """Base of the wrappers that work on batch dicts of named tensors (Multi, Transformed).
+
+    Subclasses implement :meth:`batch_terms`; the rest follows from it, keyed by pair name
+    ``"I(x;y)"``.
+    """
+
+    infomax_gradient: dict[str, bool]
+
+    def batch_terms(self, batch: Mapping[str, Tensor]) -> BatchTerms:
+        raise NotImplementedError
+
+    def loss(self, **batch: Tensor) -> Tensor:
+        """The summed loss of every estimator on the batch."""
+        return self.batch_terms(batch).loss
+
+    def log_ratio(self, **batch: Tensor) -> dict[str, Tensor]:
+        """``{"I(x;y)": [N] per-sample terms}`` for every pair."""
+        return self.batch_terms(batch).log_ratios
+
+    def mutual_information(self, **batch: Tensor) -> dict[str, Tensor]:
+        """``{"I(x;y)": estimate in nats}`` for every pair, on this batch."""
+        return {name: terms.mean() for name, terms in self.log_ratio(**batch).items()}
+
+    def forward(self, **batch: Tensor) -> dict[str, Tensor]:
+        return self.mutual_information(**batch)

@@ -9,16 +9,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from mist_core.nn import mlp
+
 __all__ = ["CRITICS", "JointCritic", "SeparableCritic"]
-
-
-def _mlp(in_features: int, hidden: Sequence[int], out_features: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for width in hidden:
-        layers += [nn.Linear(in_features, width), nn.ReLU()]
-        in_features = width
-    layers.append(nn.Linear(in_features, out_features))
-    return nn.Sequential(*layers)
 
 
 class JointCritic(nn.Module):
@@ -36,7 +29,7 @@ class JointCritic(nn.Module):
         first, *rest = hidden_dims
         self.x_in = nn.Linear(x_dim, first)
         self.y_in = nn.Linear(y_dim, first, bias=False)
-        self.head = nn.Sequential(nn.ReLU(), _mlp(first, rest, 1))
+        self.head = nn.Sequential(nn.ReLU(), mlp(first, rest, 1))
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         """``x: [N, D_x]``, ``y: [M, D_y]`` -> ``[N, M]``."""
@@ -59,8 +52,8 @@ class SeparableCritic(nn.Module):
         embedding_dim: int = 128,
     ) -> None:
         super().__init__()
-        self.g = _mlp(x_dim, hidden_dims, embedding_dim)
-        self.h = _mlp(y_dim, hidden_dims, embedding_dim)
+        self.g = mlp(x_dim, hidden_dims, embedding_dim)
+        self.h = mlp(y_dim, hidden_dims, embedding_dim)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         """``x: [N, D_x]``, ``y: [M, D_y]`` -> ``[N, M]``."""

@@ -6,12 +6,12 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from mist_core.estimators.base import BatchTerms, MIEstimator, mi_name
+from mist_core.estimators.base import BatchEstimator, BatchTerms, MIEstimator, mi_name
 
 __all__ = ["MultiMIEstimator"]
 
 
-class MultiMIEstimator(nn.Module):
+class MultiMIEstimator(BatchEstimator):
     """One estimator per ``(x_key, y_key)`` pair, applied to a batch dict of named tensors.
 
     Args:
@@ -68,18 +68,3 @@ class MultiMIEstimator(nn.Module):
             log_ratios[mi_name(x_key, y_key)] = terms.log_ratio
         assert isinstance(loss, Tensor)
         return BatchTerms(loss=loss, log_ratios=log_ratios)
-
-    def loss(self, **batch: Tensor) -> Tensor:
-        """The summed loss of every estimator on the batch."""
-        return self.batch_terms(batch).loss
-
-    def log_ratio(self, **batch: Tensor) -> dict[str, Tensor]:
-        """``{"I(x;y)": [N] per-sample terms}`` for every pair."""
-        return self.batch_terms(batch).log_ratios
-
-    def mutual_information(self, **batch: Tensor) -> dict[str, Tensor]:
-        """``{"I(x;y)": estimate in nats}`` for every pair, on this batch."""
-        return {name: terms.mean() for name, terms in self.log_ratio(**batch).items()}
-
-    def forward(self, **batch: Tensor) -> dict[str, Tensor]:
-        return self.mutual_information(**batch)

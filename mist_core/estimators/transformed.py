@@ -7,14 +7,14 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from mist_core.estimators.base import BatchTerms, MIEstimator
+from mist_core.estimators.base import BatchEstimator, BatchTerms, MIEstimator
 from mist_core.estimators.multi import MultiMIEstimator
 from mist_core.freeze import is_frozen
 
 __all__ = ["TransformedMIEstimator"]
 
 
-class TransformedMIEstimator(nn.Module):
+class TransformedMIEstimator(BatchEstimator):
     """Applies named transforms to a batch dict, then a base estimator to the result.
 
     Args:
@@ -86,15 +86,3 @@ class TransformedMIEstimator(nn.Module):
 
     def batch_terms(self, batch: Mapping[str, Tensor]) -> BatchTerms:
         return self.base_estimator.batch_terms(self.transform(**batch))
-
-    def loss(self, **batch: Tensor) -> Tensor:
-        return self.batch_terms(batch).loss
-
-    def log_ratio(self, **batch: Tensor) -> dict[str, Tensor]:
-        return self.batch_terms(batch).log_ratios
-
-    def mutual_information(self, **batch: Tensor) -> dict[str, Tensor]:
-        return {name: terms.mean() for name, terms in self.log_ratio(**batch).items()}
-
-    def forward(self, **batch: Tensor) -> dict[str, Tensor]:
-        return self.mutual_information(**batch)
