@@ -1,0 +1,172 @@
+"""Where does the model think the nose is? Posterior maps over the pixels of one image.
+
+For one image and one landmark, :func:`posterior_maps` evaluates the marginal q(landmark)
+and every encoder's q(landmark | representation) at every pixel centre, and returns
+:class:`PosteriorMap` records with the log-density grid, the highest-density (HPD) credible
+thresholds, and the pointwise MI at the true landmark, ``log q(y|x) - log q(y)``.
+
+Coordinates: ``x`` grows to the right and ``y`` downwards, in pixels of the original image;
+pixel column ``j`` covers ``x`` in ``[j, j + 1)``, so the grid is evaluated at
+``(j + 0.5, i + 0.5)`` and ``grid[i, j]`` lines up with ``image[:, i, j]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mist_core.experiment import LandmarkExperiment
+
+__all__ = ["PosteriorMap", "hpd_thresholds", "pixel_grid", "posterior_maps"]
+
+
+def pixel_grid(height: int, width: int) -> Tensor:
+    """``[height, width, 2]`` pixel centres ``(x, y) = (j + 0.5, i + 0.5)``."""
+    ys, xs = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32) + 0.5,
+        torch.arange(width, dtype=torch.float32) + 0.5,
+        indexing="ij",
+    )
+    return torch.stack([xs, ys], dim=-1)
+
+
+def hpd_thresholds(
+    log_prob: np.ndarray, masses: Sequence[float] = (0.5, 0.9)
+) -> dict[float, float]:
+    """Log-density thresholds of the highest-density regions holding ``masses`` of the
+    probability on the grid: the region ``log_prob >= t`` has (at least) that mass.
+
+    The grid's probabilities are normalised to sum to one over the image (mass outside the
+    image is ignored), one pixel being one unit of area.
+    """
+    flat = np.sort(log_prob.ravel())[::-1]
+    probs = np.exp(flat - flat.max())
+    cumulative = np.cumsum(probs) / probs.sum()
+    out = {}
+    for mass in masses:
+        if not 0.0 < mass < 1.0:
+            raise ValueError(f"credible masses must lie in (0, 1), got {mass}")
+        index = min(int(np.searchsorted(cumulative, mass)), len(flat) - 1)
+        out[mass] = float(flat[index])
+    return out
+
+
+@dataclass(frozen=True)
+class PosteriorMap:
+    """One density over the pixels: ``log_prob[i, j]`` at pixel centre ``(j + .5, i + .5)``.
+
+    ``encoder`` is ``None`` for the marginal q(landmark). ``pointwise_mi`` is
+    ``log q(y*|x) - log q(y*)`` at the true position ``y*`` (nats; ``None`` for the marginal).
+    ``mass_in_image`` is the probability that falls inside the image.
+    """
+
+    landmark: str
+    encoder: str | None
+    log_prob: np.ndarray = field(repr=False)
+    levels: Mapping[float, float]
+    truth: tuple[float, float] | None
+    log_prob_at_truth: float | None
+    pointwise_mi: float | None
+    mode: tuple[float, float]
+    mass_in_image: float
+
+
+@torch.no_grad()
+def posterior_maps(
+    experiment: LandmarkExperiment,
+    image: Tensor,
+    landmark: str,
+    *,
+    truth: Sequence[float] | Tensor | None = None,
+    encoders: Sequence[str] | None = None,
+    masses: Sequence[float] = (0.5, 0.9),
+) -> list[PosteriorMap]:
+    """The marginal and each encoder's posterior for ``landmark`` over ``image``.
+
+    Args:
+        experiment: a trained experiment (e.g. :meth:`LandmarkExperiment.from_run`).
+        image: ``[3, H, W]`` in [0, 1]; the grid covers ``H x W`` pixels.
+        landmark: one of the experiment's landmarks.
+        truth: the true ``(x, y)`` when known, for the marker and the pointwise MI.
+        encoders: a subset of the experiment's encoders (default: all).
+    """
+    if landmark not in experiment.config.landmarks:
+        raise ValueError(
+            f"landmark {landmark!r} is not in this experiment: {experiment.config.landmarks}"
+        )
+    names = list(encoders) if encoders is not None else list(experiment.config.encoders)
+    unknown = [n for n in names if n not in experiment.encoders]
+    if unknown:
+        raise ValueError(
+            f"unknown encoder(s) {unknown}; this experiment has {list(experiment.encoders)}"
+        )
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"image must be [3, H, W], got {tuple(image.shape)}")
+    model = experiment.model
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        height, width = image.shape[-2:]
+        grid = pixel_grid(height, width).to(device)
+        point = (
+            None if truth is None else torch.as_tensor(truth, dtype=torch.float32, device=device)
+        )
+        features = model.transform(image=image.unsqueeze(0).to(device))
+        estimators = experiment.estimator.estimators
+        # q(landmark) is shared by the encoders' estimators: any pair of the landmark has it
+        q_y = estimators[f"{experiment.config.encoders[0]};{landmark}"]
+        marginal_at_truth = None if point is None else float(q_y.q_Y.log_prob(point))
+        maps = [
+            _map(landmark, None, q_y.q_Y.log_prob(grid), None, point, marginal_at_truth, masses)
+        ]
+        for name in names:
+            conditional = estimators[f"{name};{landmark}"].q_Y_given_X.condition(features[name][0])
+            maps.append(
+                _map(
+                    landmark,
+                    name,
+                    conditional.log_prob(grid),
+                    conditional,
+                    point,
+                    marginal_at_truth,
+                    masses,
+                )
+            )
+        return maps
+    finally:
+        model.train(was_training)
+
+
+def _map(
+    landmark: str,
+    encoder: str | None,
+    log_prob: Tensor,
+    distribution: torch.distributions.Distribution | None,
+    point: Tensor | None,
+    marginal_at_truth: float | None,
+    masses: Sequence[float],
+) -> PosteriorMap:
+    grid = log_prob.float().cpu().numpy()
+    i, j = np.unravel_index(int(np.argmax(grid)), grid.shape)
+    at_truth = pointwise = None
+    if point is not None and distribution is None:  # the marginal itself
+        at_truth = marginal_at_truth
+    elif point is not None and distribution is not None and marginal_at_truth is not None:
+        at_truth = float(distribution.log_prob(point))
+        pointwise = at_truth - marginal_at_truth
+    return PosteriorMap(
+        landmark=landmark,
+        encoder=encoder,
+        log_prob=grid,
+        levels=hpd_thresholds(grid, masses),
+        truth=None if point is None else (float(point[0]), float(point[1])),
+        log_prob_at_truth=at_truth,
+        pointwise_mi=pointwise,
+        mode=(j + 0.5, i + 0.5),
+        mass_in_image=float(np.exp(grid).sum()),
+    )

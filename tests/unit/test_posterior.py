@@ -1,0 +1,92 @@
+"""Posterior maps: pixel alignment, HPD regions, pointwise MI, against direct evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mist_core.experiment import LandmarkExperiment, preset
+from mist_core.posterior import hpd_thresholds, pixel_grid, posterior_maps
+
+
+def test_pixel_grid_is_pixel_centres_x_right_y_down():
+    grid = pixel_grid(4, 3)
+    assert grid.shape == (4, 3, 2)
+    assert grid[0, 0].tolist() == [0.5, 0.5]
+    assert grid[3, 1].tolist() == [1.5, 3.5]  # row 3, column 1 -> x = 1.5, y = 3.5
+
+
+def test_hpd_thresholds_hold_their_mass():
+    rng = np.random.default_rng(0)
+    log_prob = rng.normal(size=(40, 30)) * 3
+    probs = np.exp(log_prob) / np.exp(log_prob).sum()
+    for mass, threshold in hpd_thresholds(log_prob, (0.5, 0.9)).items():
+        inside = probs[log_prob >= threshold].sum()
+        assert mass <= inside < mass + probs.max() + 1e-9
+    with pytest.raises(ValueError, match="credible masses"):
+        hpd_thresholds(log_prob, (1.5,))
+
+
+def test_a_gaussian_density_peaks_at_its_mean_pixel():
+    ys, xs = np.mgrid[0:50, 0:40] + 0.5
+    log_prob = -((xs - 12.5) ** 2 + (ys - 30.5) ** 2) / 8.0
+    levels = hpd_thresholds(log_prob, (0.5,))
+    assert log_prob[30, 12] >= levels[0.5]  # the peak pixel is inside the 50% region
+
+
+@pytest.fixture(scope="module")
+def experiment():
+    exp = LandmarkExperiment(
+        preset(
+            "demo-cpu",
+            train_size=32,
+            test_size=8,
+            image_size=(40, 32),
+            batch_size=16,
+            epochs=1,
+            encoders=("random_init", "trained"),
+            landmarks=("nose",),
+            valid_fraction=0.0,
+        )
+    )
+    exp.train()
+    return exp
+
+
+def test_posterior_maps_match_direct_evaluation(experiment):
+    from mist_core.data import SyntheticFaces
+
+    face = SyntheticFaces(1, seed=5)[0]
+    maps = posterior_maps(experiment, face["image"], "nose", truth=face["nose"])
+    assert [m.encoder for m in maps] == [None, "random_init", "trained"]
+    for m in maps:
+        assert m.log_prob.shape == (218, 178)
+        assert np.isfinite(m.log_prob).all()
+        assert m.levels[0.5] > m.levels[0.9]
+        assert 0 < m.mass_in_image <= 1.0 + 1e-3
+    marginal, _, trained = maps
+    assert marginal.pointwise_mi is None and marginal.log_prob_at_truth is not None
+    # direct: the seed's way, on the representation of the same image
+    experiment.model.eval()
+    with torch.no_grad():
+        z = experiment.model.transform(image=face["image"].unsqueeze(0))["trained"][0]
+        est = experiment.estimator.estimators["trained;nose"]
+        direct_grid = est.q_Y_given_X.condition(z).log_prob(pixel_grid(218, 178))
+        direct_mi = est.log_ratio(z.unsqueeze(0), face["nose"].unsqueeze(0))[0]
+    np.testing.assert_allclose(trained.log_prob, direct_grid.numpy(), rtol=1e-5, atol=1e-4)
+    assert trained.pointwise_mi == pytest.approx(float(direct_mi), abs=1e-4)
+    i, j = 100, 60
+    with torch.no_grad():
+        at_pixel = est.q_Y_given_X.condition(z).log_prob(torch.tensor([j + 0.5, i + 0.5]))
+    assert trained.log_prob[i, j] == pytest.approx(float(at_pixel), abs=1e-4)
+
+
+def test_posterior_argument_errors(experiment):
+    image = torch.rand(3, 20, 16)
+    with pytest.raises(ValueError, match="landmark 'chin'"):
+        posterior_maps(experiment, image, "chin")
+    with pytest.raises(ValueError, match="unknown encoder"):
+        posterior_maps(experiment, image, "nose", encoders=["vgg"])
+    with pytest.raises(ValueError, match=r"\[3, H, W\]"):
+        posterior_maps(experiment, torch.rand(20, 16), "nose")
