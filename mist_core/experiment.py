@@ -274,6 +274,7 @@ class LandmarkExperiment:
     encoders: dict[str, nn.Module] = field(init=False)
     estimator: MultiMIEstimator = field(init=False)
     model: TransformedMIEstimator = field(init=False)
+    _fingerprints: dict[str, str] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         config = self.config
@@ -324,7 +325,7 @@ class LandmarkExperiment:
 
     def frozen_fingerprints(self) -> dict[str, str]:
         """``{encoder: weights hash}`` of the frozen encoders (rebuilt, not stored, on reload)."""
-        if not hasattr(self, "_fingerprints"):
+        if self._fingerprints is None:
             self._fingerprints = {
                 name: module_fingerprint(self.encoders[name]) for name in self._frozen_prefixes()
             }
