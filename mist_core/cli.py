@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -34,7 +36,7 @@ from mist_core.jobs import Job, JobRegistry, JobState
 from mist_core.runs import RunStore
 from mist_core.training import ResumeFrom
 
-__all__ = ["main"]
+__all__ = ["main", "stop_on_sigterm"]
 
 
 def _parse_value(text: str) -> object:
@@ -240,6 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--run-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     listing.set_defaults(func=_list)
     return parser
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (a scheduler, torchrun shutting down) stops like Ctrl-C: checkpoint first."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
