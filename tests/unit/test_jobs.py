@@ -65,6 +65,9 @@ def test_stop_takes_effect_within_a_step(registry):
     asked = time.monotonic()
     job.stop()
     assert job.snapshot().state in (JobState.STOPPING, JobState.STOPPED)
+    _wait_for(lambda: job.snapshot().message.startswith("saving") or job.snapshot().done)
+    out_of_the_loop = time.monotonic() - asked
+    assert out_of_the_loop < 1.0, f"training went on for {out_of_the_loop:.2f} s"
     assert job.wait(30)
     latency = time.monotonic() - asked
     snap = job.snapshot()
