@@ -52,9 +52,13 @@ def tasks() -> dict[str, Transformed]:
     return out
 
 
-def run(budget: Budget, estimators: list[str], seed: int) -> list[dict]:
+def run(
+    budget: Budget, estimators: list[str], seed: int, only: list[str] | None = None
+) -> list[dict]:
     rows = []
     for task_name, sampler in tasks().items():
+        if only and not any(word in task_name for word in only):
+            continue
         x, y = sampler.sample(budget.samples, torch.Generator().manual_seed(seed))
         truth = sampler.mutual_information()
         for name in estimators:
@@ -64,27 +68,40 @@ def run(budget: Budget, estimators: list[str], seed: int) -> list[dict]:
             if name in DISCRIMINATIVE:
                 options["critic"] = "separable"
             start = time.perf_counter()
-            result = estimate_mi(
-                x,
-                y,
-                name,
-                max_iterations=budget.steps,
-                batch_size=budget.batch_size,
-                device="cpu",
-                seed=seed,
-                estimator_options=options,
-            )
-            seconds = time.perf_counter() - start
-            row = {
-                "task": task_name,
-                "estimator": name,
-                "true": truth,
-                "estimate": result.mi,
-                "std_error": result.std_error,
-                "error": result.mi - truth,
-                "steps": result.log.attrs["steps"],
-                "seconds": seconds,
-            }
+            try:
+                result = estimate_mi(
+                    x,
+                    y,
+                    name,
+                    max_iterations=budget.steps,
+                    batch_size=budget.batch_size,
+                    device="cpu",
+                    seed=seed,
+                    estimator_options=options,
+                )
+            except FloatingPointError as error:  # a diverged estimator is a result too
+                step = re.search(r"at step (\d+)", str(error))
+                row = {
+                    "task": task_name,
+                    "estimator": name,
+                    "true": truth,
+                    "estimate": float("nan"),
+                    "std_error": float("nan"),
+                    "error": float("nan"),
+                    "steps": f"diverged at {step.group(1) if step else '?'}",
+                    "seconds": time.perf_counter() - start,
+                }
+            else:
+                row = {
+                    "task": task_name,
+                    "estimator": name,
+                    "true": truth,
+                    "estimate": result.mi,
+                    "std_error": result.std_error,
+                    "error": result.mi - truth,
+                    "steps": result.log.attrs["steps"],
+                    "seconds": time.perf_counter() - start,
+                }
             rows.append(row)
             print(_format_row(row), flush=True)
     return rows
@@ -133,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         "--estimators", default=",".join(ESTIMATORS), help="comma-separated subset (default: all)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--tasks",
+        default="",
+        help="comma-separated words; run the tasks whose names contain one (default: all)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument(
         "--write-readme", action="store_true", help="record the table in bench/README.md"
@@ -156,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     print(label)
     print(_header(), flush=True)
     start = time.perf_counter()
-    rows = run(budget, estimators, args.seed)
+    only = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    rows = run(budget, estimators, args.seed, only)
     print(f"total {time.perf_counter() - start:.0f} s")
     if args.write_readme:
         write_readme("\n".join([_header(), *map(_format_row, rows)]), label)
