@@ -70,7 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.jobs", description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--train-size", type=int, default=None, help="images (default 320)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default 2)")
     args = parser.parse_args(argv)
+    global CONFIG
+    changes = {"train_size": args.train_size, "epochs": args.epochs}
+    CONFIG = CONFIG.replace(**{k: v for k, v in changes.items() if v is not None})
     if args.threads:
         torch.set_num_threads(args.threads)
     cache = FeatureCache()
@@ -83,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"direct {plain[-1]:.1f} samples/s, job {wrapped[-1]:.1f} samples/s", flush=True)
         loop_s, stopped_s = stop_latency(registry)
     p, w = statistics.median(plain), statistics.median(wrapped)
+    print(f"config: {CONFIG.train_size} images, batch {CONFIG.batch_size}, {CONFIG.epochs} epochs")
     print(
         f"median over {args.repeats}: direct {p:.1f} samples/s, as a job {w:.1f} samples/s, "
         f"wrapper cost {100 * (p - w) / p:+.1f}% ({torch.get_num_threads()} threads)"

@@ -11,6 +11,7 @@ UI framework.
 
 from __future__ import annotations
 
+import copy
 import logging
 import platform
 import threading
@@ -142,6 +143,8 @@ class Job:
         self._first_step: tuple[int, float] | None = None
         self._curves: dict[str, dict[str, list[tuple[int, float]]]] = {"train": {}, "valid": {}}
         self._pending_rows: list[tuple[int, int, str, str, float]] = []
+        self._writer: threading.Thread | None = None
+        self._writer_error: BaseException | None = None
         self._last_flush = 0.0
         self._mi_table: tuple[Mapping[str, object], ...] = ()
         self._message = "waiting for the device" if not resume else "waiting to resume"
@@ -246,6 +249,8 @@ class Job:
                 self._traceback = traceback.format_exc()
                 self._finished = time.time()
             logger.error("job %s failed: %s", self.id, self._error)
+            if self._writer is not None:
+                self._writer.join()
             self._flush(force=True)
             self._set(RunStatus.FAILED, self._error)
         finally:
@@ -278,6 +283,7 @@ class Job:
             checkpoint=lambda state: self._checkpoint(experiment, state),
             resume=resume,
         )
+        self._wait_for_writer()
         self._flush(force=True)
         steps = int(log.attrs.get("steps", 0))
         if log.attrs.get("stopped"):
@@ -347,22 +353,47 @@ class Job:
         self._last_flush = now
 
     def _checkpoint(self, experiment: LandmarkExperiment, state: TrainState) -> None:
+        """Snapshot the state now (a copy, ~tens of ms) and write it in the background, so
+        training goes on while ~100 MB reach the disk; a stop or the end waits for it."""
         assert self._run is not None
         if state.reason == "stopped":
             with self._lock:
                 self._message = f"saving a checkpoint at step {state.step}"
         self._flush(force=True)  # metrics up to this step are on disk before the checkpoint
-        self._run.save_checkpoint(
-            experiment.checkpoint_state(),
-            step=state.step,
-            epoch=state.epoch,
-            optimizer_state=state.optimizer.state_dict(),
-            extra={
-                "batches_in_epoch": state.batches_in_epoch,
-                "reason": state.reason,
-                "frozen_fingerprints": experiment.frozen_fingerprints(),
-            },
-        )
+        model_state = {k: v.detach().clone() for k, v in experiment.checkpoint_state().items()}
+        optimizer_state = copy.deepcopy(state.optimizer.state_dict())
+        extra = {
+            "batches_in_epoch": state.batches_in_epoch,
+            "reason": state.reason,
+            "frozen_fingerprints": experiment.frozen_fingerprints(),
+        }
+        self._wait_for_writer()  # one write at a time, in order
+        run = self._run
+
+        def write() -> None:
+            try:
+                run.save_checkpoint(
+                    model_state,
+                    step=state.step,
+                    epoch=state.epoch,
+                    optimizer_state=optimizer_state,
+                    extra=extra,
+                )
+            except BaseException as error:  # noqa: BLE001 - re-raised in the job's thread
+                self._writer_error = error
+
+        self._writer = threading.Thread(target=write, name=f"mist-ckpt-{self.id}", daemon=True)
+        self._writer.start()
+        if state.reason != "epoch":
+            self._wait_for_writer()
+
+    def _wait_for_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+        if self._writer_error is not None:
+            error, self._writer_error = self._writer_error, None
+            raise RuntimeError(f"could not save a checkpoint: {error}") from error
 
 
 class JobRegistry:
