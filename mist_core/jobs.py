@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import platform
 import threading
 import time
@@ -100,6 +101,14 @@ def environment(device: torch.device | str) -> dict[str, str]:
         "device_name": name or platform.machine(),
         "threads": str(torch.get_num_threads()),
     }
+
+
+def _lower_this_threads_priority() -> None:
+    """Linux schedules threads separately: a nice writer thread leaves the cores to torch."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):  # not Linux, or not allowed: write at normal priority
+        pass
 
 
 def _thin(points: list[tuple[int, float]]) -> tuple[tuple[int, float], ...]:
@@ -371,6 +380,7 @@ class Job:
         run = self._run
 
         def write() -> None:
+            _lower_this_threads_priority()  # training keeps the cores; the disk can wait
             try:
                 run.save_checkpoint(
                     model_state,
