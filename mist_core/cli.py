@@ -82,7 +82,7 @@ def _follow(job: Job) -> int:
 
     # tqdm draws only on a terminal (disable=None); logs and CI get the summary lines.
     bar = tqdm(total=None, unit="step", desc="waiting", disable=None, mininterval=0.5)
-    print(f"training run {job.snapshot().run_name or '(queued)'} on {job.device}", flush=True)
+    print(f"training on {job.device} (Ctrl-C stops with a checkpoint)", flush=True)
     interrupted = False
     try:
         while not job.wait(0.25):
