@@ -34,7 +34,6 @@ from mist_core import distributed
 from mist_core.experiment import PRESETS, ExperimentConfig, LandmarkExperiment, preset
 from mist_core.jobs import Job, JobRegistry, JobState
 from mist_core.runs import RunStore
-from mist_core.training import ResumeFrom
 
 __all__ = ["main", "stop_on_sigterm"]
 
@@ -127,16 +126,7 @@ def _helper_rank(config: ExperimentConfig, run_dir: str, resume_run: str | None)
     experiment = LandmarkExperiment(config)
     resume = None
     if resume_run is not None:
-        checkpoint = RunStore(run_dir).open(resume_run).load_checkpoint()
-        experiment.load_checkpoint_state(
-            checkpoint.model_state, (checkpoint.extra or {}).get("frozen_fingerprints")
-        )
-        resume = ResumeFrom(
-            checkpoint.step,
-            checkpoint.epoch,
-            int((checkpoint.extra or {}).get("batches_in_epoch", 0)),
-            checkpoint.optimizer_state,
-        )
+        resume = experiment.restore(RunStore(run_dir).open(resume_run))
     try:
         experiment.train(resume=resume)
     except KeyboardInterrupt:  # torchrun forwards Ctrl-C to every process; rank 0 decides

@@ -311,12 +311,21 @@ class LandmarkExperiment:
         """Rebuild a run's experiment with the weights of one of its checkpoints (e.g. to
         evaluate it or draw posteriors). ``kwargs`` go to the constructor (``cache``...)."""
         experiment = cls(run.config(), **kwargs)
-        checkpoint = run.load_checkpoint(which)
-        experiment.load_checkpoint_state(
-            checkpoint.model_state, (checkpoint.extra or {}).get("frozen_fingerprints")
-        )
+        experiment.restore(run, which)
         experiment.model.eval()
         return experiment
+
+    def restore(self, run: Run, which: str | int = "latest") -> ResumeFrom:
+        """Load a run's checkpoint into this experiment; returns where training resumes."""
+        checkpoint = run.load_checkpoint(which)
+        extra = checkpoint.extra or {}
+        self.load_checkpoint_state(checkpoint.model_state, extra.get("frozen_fingerprints"))
+        return ResumeFrom(
+            step=checkpoint.step,
+            epoch=checkpoint.epoch,
+            batches_in_epoch=int(extra.get("batches_in_epoch", 0)),
+            optimizer_state=checkpoint.optimizer_state,
+        )
 
     def _frozen_prefixes(self) -> dict[str, str]:
         return {

@@ -321,22 +321,13 @@ class Job:
 
     def _resume_point(self, experiment: LandmarkExperiment) -> ResumeFrom:
         assert self._run is not None
-        checkpoint = self._run.load_checkpoint()
-        experiment.load_checkpoint_state(
-            checkpoint.model_state, (checkpoint.extra or {}).get("frozen_fingerprints")
-        )
-        self._run.truncate_metrics(checkpoint.step)
+        resume = experiment.restore(self._run)
+        self._run.truncate_metrics(resume.step)  # rows after the checkpoint are redone
         metrics = self._run.read_metrics()
         with self._lock:  # show the curves so far
             for row in metrics.itertuples(index=False):
                 self._curves[row.split].setdefault(row.name, []).append((row.step, row.value))
-        extra = checkpoint.extra or {}
-        return ResumeFrom(
-            step=checkpoint.step,
-            epoch=checkpoint.epoch,
-            batches_in_epoch=int(extra.get("batches_in_epoch", 0)),
-            optimizer_state=checkpoint.optimizer_state,
-        )
+        return resume
 
     def _on_progress(self, progress: Progress) -> None:
         names = ({"loss": progress.loss} | progress.mi).items()
