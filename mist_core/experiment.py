@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from mist_core import distributed
 from mist_core.data.celeba import CelebALandmarks
 from mist_core.data.features import FeatureCache, WithFeatures, module_fingerprint
-from mist_core.data.synthetic_faces import LANDMARKS, SyntheticFaces
+from mist_core.data.landmarks import LANDMARKS
+from mist_core.data.synthetic_faces import SyntheticFaces
 from mist_core.distributions import conditional_transformed_normal, transformed_normal
 from mist_core.encoders import ENCODER_PRESETS, build_encoder, encoder_availability
 from mist_core.estimators import (
