@@ -413,12 +413,14 @@ class LandmarkExperiment:
         cache = self.cache if self.cache is not None else FeatureCache()
         self.cache = cache
         dataset = self.datasets()[split]
+        fingerprints = self.frozen_fingerprints()
         return {
             name: cache.features(
                 enc,
                 dataset,
                 self.fingerprint(split),
                 extra=f"image_size={tuple(self.config.image_size)}",
+                encoder_fingerprint=fingerprints[name],  # hashed once per experiment
                 batch_size=self.config.batch_size,
                 device=self.device,
             )
