@@ -407,6 +407,13 @@ class LandmarkExperiment:
         )
         return f"{source}|{sizes}|{split}|{tuple(c.image_size)}"
 
+    def prepare(self) -> None:
+        """Make the images and the frozen encoders' features now (training does it anyway;
+        this lets a caller do it ahead of time, e.g. while a person reads the page)."""
+        self.datasets()
+        for split in ("train", "test"):
+            self._features(split)
+
     def _features(self, split: str) -> dict[str, Tensor]:
         if not self.config.feature_cache:
             return {}

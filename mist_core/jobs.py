@@ -12,6 +12,7 @@ UI framework.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import platform
@@ -19,6 +20,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ from types import MappingProxyType
 import torch
 
 import mist_core
+from mist_core.data import FeatureCache
 from mist_core.experiment import ExperimentConfig, LandmarkExperiment
 from mist_core.runs import Run, RunStatus, RunStore
 from mist_core.training import Progress, ResumeFrom, TrainState
@@ -42,6 +45,8 @@ _ENDED = (RunStatus.STOPPED, RunStatus.FINISHED, RunStatus.FAILED)
 MAX_CURVE_POINTS = 2000
 #: How often buffered metric rows are written to the run's metrics.csv.
 FLUSH_EVERY_S = 1.0
+#: How many prepared image sets a registry keeps in memory.
+MAX_PREPARED_DATASETS = 2
 
 Curves = Mapping[str, tuple[tuple[int, float], ...]]
 
@@ -281,7 +286,11 @@ class Job:
             self._set(RunStatus.STOPPED, "stopped before it started")
             return
         self._set(RunStatus.RUNNING, "preparing the images and encoders")
-        experiment = LandmarkExperiment(self.config, cache=self._registry.feature_cache)
+        experiment = LandmarkExperiment(
+            self.config,
+            cache=self._registry.feature_cache,
+            data=self._registry.prepared_data(self.config),
+        )
         resume = self._resume_point(experiment) if self._resume else None
         experiment.frozen_fingerprints()
         experiment.datasets()
@@ -409,10 +418,52 @@ class JobRegistry:
 
     def __init__(self, store: RunStore | str | Path = "runs", feature_cache=None) -> None:
         self.store = store if isinstance(store, RunStore) else RunStore(store)
-        self.feature_cache = feature_cache
+        self.feature_cache = feature_cache if feature_cache is not None else FeatureCache()
         self._jobs: dict[str, Job] = {}
         self._slots: dict[str, threading.Semaphore] = {}
         self._lock = threading.Lock()
+        #: Prepared images per data fingerprint (the most recent few), each with its lock.
+        self._data: OrderedDict[str, dict] = OrderedDict()
+        self._data_locks: dict[str, threading.Lock] = {}
+
+    def _data_key(self, config: ExperimentConfig) -> str:
+        c = config
+        root = str(Path(c.celeba_root).resolve()) if c.celeba_root else ""
+        return json.dumps(
+            [c.dataset, root, c.train_size, c.test_size, c.seed, list(c.image_size), c.preload]
+        )
+
+    def prepared_data(self, config: ExperimentConfig) -> dict | None:
+        """The images of ``config`` if :meth:`prepare` (or an earlier job) made them, else
+        ``None``; waits while another thread is preparing them."""
+        key = self._data_key(config)
+        with self._lock:
+            lock = self._data_locks.get(key)
+        if lock is None:
+            return None
+        with lock:  # a preparation in flight finishes first
+            with self._lock:
+                return self._data.get(key)
+
+    def prepare(self, config: ExperimentConfig) -> None:
+        """Draw or load ``config``'s images and compute its frozen encoders' features now, so
+        that a job started later with the same data begins training at once. Thread-safe;
+        concurrent calls for the same data do the work once."""
+        key = self._data_key(config)
+        with self._lock:
+            lock = self._data_locks.setdefault(key, threading.Lock())
+        with lock:
+            with self._lock:
+                data = self._data.get(key)
+            experiment = LandmarkExperiment(config, cache=self.feature_cache, data=data)
+            data = experiment.datasets()
+            with self._lock:
+                self._data[key] = data
+                self._data.move_to_end(key)
+                while len(self._data) > MAX_PREPARED_DATASETS:
+                    old, _ = self._data.popitem(last=False)
+                    self._data_locks.pop(old, None)
+            experiment.prepare()
 
     def _device_slot(self, device: str) -> threading.Semaphore:
         with self._lock:

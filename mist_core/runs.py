@@ -302,15 +302,33 @@ def _stem(step: int) -> str:
 
 def _model_bytes(model_state: Mapping[str, Tensor]) -> bytes:
     tensors = {}
+    storages: set[int] = set()
     for key, value in model_state.items():
         if not isinstance(value, Tensor):
             raise TypeError(
                 f"model_state[{key!r}] is a {type(value).__name__}; only tensors can be "
                 "saved (put other values in extra)"
             )
-        # each key gets its own copy: safetensors refuses shared storage (tied weights)
-        tensors[str(key)] = value.detach().to("cpu", copy=True).contiguous()
+        value = value.detach()
+        storage = value.untyped_storage().data_ptr() if value.device.type == "cpu" else None
+        if storage is None or storage in storages or not _whole_storage(value):
+            # safetensors refuses shared storage (tied weights, views): those get a copy.
+            # Tensors that own their CPU storage are written as they are: no copy, and no
+            # parallel copy kernel in a background writer thread (see mist_core.jobs).
+            value = value.to("cpu", copy=True).contiguous()
+        else:
+            storages.add(storage)
+        tensors[str(key)] = value
     return safetensors.torch.save(tensors)
+
+
+def _whole_storage(tensor: Tensor) -> bool:
+    """Whether ``tensor`` is contiguous and spans its whole storage (no view of a bigger one)."""
+    return (
+        tensor.is_contiguous()
+        and tensor.storage_offset() == 0
+        and tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+    )
 
 
 def _optimizer_bytes(optimizer_state: Mapping) -> bytes:

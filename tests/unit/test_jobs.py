@@ -132,3 +132,37 @@ def test_resume_continues_without_losing_or_repeating_metric_rows(registry):
     assert list(losses.step) == list(range(1, 19)), "every step exactly once, in order"
     with pytest.raises(FileNotFoundError):
         registry.resume(snap.run_name + "x")
+
+
+def test_prepare_draws_the_images_once_and_a_job_reuses_them(registry):
+    config = preset("demo-cpu", **TINY, epochs=1)
+    assert registry.prepared_data(config) is None
+    registry.prepare(config)
+    data = registry.prepared_data(config)
+    assert set(data) == {"train", "test"} and len(data["train"]) == 48
+    assert registry.prepared_data(config.replace(seed=1)) is None  # other images
+    assert registry.prepared_data(config.replace(epochs=3)) is data  # same images
+    job = registry.submit(config)
+    assert job.wait(120)
+    assert job.snapshot().state is JobState.FINISHED
+    assert registry.prepared_data(config) is data
+
+
+def test_concurrent_prepares_of_the_same_data_do_the_work_once(registry, monkeypatch):
+    from mist_core import experiment as experiment_module
+
+    calls = []
+    original = experiment_module.LandmarkExperiment._build_datasets
+
+    def counted(self):
+        calls.append(1)
+        return original(self)
+
+    monkeypatch.setattr(experiment_module.LandmarkExperiment, "_build_datasets", counted)
+    config = preset("demo-cpu", **TINY, epochs=1)
+    threads = [threading.Thread(target=registry.prepare, args=(config,)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1

@@ -581,3 +581,12 @@ def test_sigkill_never_leaves_a_broken_latest(store):
             process.kill()
             process.wait()
         process.stdout.close()
+
+
+def test_checkpoint_of_a_view_saves_only_the_view(store):
+    run = store.create(CONFIG, name="view")
+    big = torch.arange(10.0)
+    run.save_checkpoint({"part": big[2:5], "whole": torch.ones(3)}, step=1, epoch=0)
+    state = run.load_checkpoint().model_state
+    assert torch.equal(state["part"], torch.tensor([2.0, 3.0, 4.0]))
+    assert torch.equal(state["whole"], torch.ones(3))
