@@ -1,0 +1,160 @@
+"""Your photo: the same posterior maps on a photo you upload (it stays on this computer)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import streamlit as st
+from ui import charts, posteriors, state
+
+from mist_core.faces import (
+    CELEBA_LANDMARKS,
+    CELEBA_SIZE,
+    Face,
+    PhotoError,
+    align_to_face,
+    detect_face,
+    load_photo,
+    manual_alignment,
+)
+
+st.title("Your photo")
+st.markdown(
+    "Upload a photo with one face, looking at the camera. It is cropped and scaled like the "
+    "training faces (eyes level, at the same place), then each trained network says where "
+    "it thinks the eyes, the nose and the mouth corners are. The photo never leaves this "
+    "computer."
+)
+
+upload = st.file_uploader("A photo (JPEG or PNG, up to 25 MB)", type=["jpg", "jpeg", "png"])
+if upload is None:
+    st.info("Choose a photo above to begin.")
+    st.stop()
+
+data = upload.getvalue()
+try:
+    photo = load_photo(data)
+except PhotoError as error:
+    st.error(f"{error}")
+    st.stop()
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _detect(digest: str, _image: np.ndarray) -> Face | None:
+    return detect_face(_image)
+
+
+digest = hashlib.sha1(data).hexdigest()[:16]
+with st.spinner("Looking for a face…"):
+    face = _detect(digest, photo.image)
+
+height, width = CELEBA_SIZE
+manual = st.toggle(
+    "Frame the face by hand",
+    value=face is None,
+    key=f"manual_{digest}",
+    help="Zoom and move the crop so that the face sits like the example's.",
+)
+if face is None and not manual:
+    manual = True
+if face is None:
+    st.warning(
+        "No face was found automatically (it may be turned away, small, or not a face). "
+        "Frame it by hand with the sliders: eyes on the two marks, mouth below."
+    )
+if manual:
+    a, b, c = st.columns(3)
+    zoom = a.slider("Zoom", 1.0, 8.0, 1.0, 0.05, key=f"zoom_{digest}")
+    dx = b.slider("Move left / right", -1.0, 1.0, 0.0, 0.01, key=f"dx_{digest}")
+    dy = c.slider("Move up / down", -1.0, 1.0, 0.0, 0.01, key=f"dy_{digest}")
+    alignment = manual_alignment(photo.image.shape, zoom=zoom, offset=(dx, dy))
+else:
+    assert face is not None
+    alignment = align_to_face(face, photo.image.shape)
+aligned = alignment.warp(photo.image)
+
+corners = alignment.to_photo(np.array([[0, 0], [width, 0], [width, height], [0, height]], float))
+left, right = st.columns([3, 2])
+with left:
+    fig = charts.image_figure(photo.image, title="Your photo", height_px=420)
+    charts.crop_outline(fig, corners)
+    st.plotly_chart(fig, key="photo_original", width="stretch")
+    found = {
+        "eyes": "face and eyes found: aligned on the eyes",
+        "face box": "face found (eyes not found): aligned on the face box",
+        "manual": "framed by hand",
+    }.get(alignment.method, alignment.method)
+    st.caption(
+        f"{photo.original_size[1]} x {photo.original_size[0]} pixels ({photo.format}); {found}."
+    )
+with right:
+    fig = charts.image_figure(aligned, title="Aligned like the training faces", height_px=420)
+    fig.add_scatter(
+        x=[p[0] for p in CELEBA_LANDMARKS.values()],
+        y=[p[1] for p in CELEBA_LANDMARKS.values()],
+        mode="markers",
+        marker=dict(symbol="circle-open", size=9, color="#ff00ff"),
+        showlegend=False,
+        hoverinfo="skip",
+    )
+    st.plotly_chart(fig, key="photo_aligned", width="stretch")
+    st.caption("Magenta circles: where the landmarks sit on an average training face.")
+
+st.subheader("What the networks see in it")
+runs = [info for info in state.runs_with_checkpoint() if info.config is not None]
+runs = [info for info in runs if info.config.dataset in ("synthetic", "celeba")]
+if not runs:
+    st.info("No trained model yet. Train one on the **Train** page, then come back.")
+    st.stop()
+info = st.selectbox("Trained model (run)", runs, format_func=state.run_label, key="photo_run")
+step = state.latest_step(info.name)
+try:
+    with st.spinner("Loading the trained model…"):
+        experiment = state.load_experiment(info.name, step)
+except Exception as error:  # noqa: BLE001 - a broken run must not break the page
+    st.error(f"This run's model could not be loaded: {error}")
+    st.stop()
+config = experiment.config
+a, b, c = st.columns(3)
+landmark = a.selectbox(
+    "Landmark", list(config.landmarks), format_func=state.landmark_label, key="photo_landmark"
+)
+style = (
+    b.segmented_control(
+        "Show",
+        ["regions", "heatmap"],
+        default="regions",
+        format_func={"regions": "Credible regions", "heatmap": "Heat map"}.get,
+        key="photo_style",
+    )
+    or "regions"
+)
+best = c.selectbox(
+    "Network for the positions on your photo",
+    list(config.encoders),
+    index=len(config.encoders) - 1,
+    format_func=state.encoder_label,
+    key="photo_encoder",
+)
+
+key = posteriors.image_key(aligned)
+maps, seconds = posteriors.maps_for(info.name, step, key, aligned, landmark, None, None)
+posteriors.show_maps(aligned, maps, style=style, key="photo_maps")
+st.caption(f"{len(maps)} densities over every pixel in {seconds:.2f} s.")
+
+modes = {}
+for name in config.landmarks:
+    found_maps, _ = posteriors.maps_for(info.name, step, key, aligned, name, None, (best,))
+    modes[name] = tuple(found_maps[-1].mode)
+points = alignment.to_photo(np.array(list(modes.values()), dtype=float))
+on_photo = {name: (float(x), float(y)) for name, (x, y) in zip(modes, points, strict=True)}
+st.plotly_chart(
+    charts.landmarks_on_photo(
+        photo.image,
+        on_photo,
+        title=f"Most likely positions, by {state.encoder_label(best).split(' (')[0]}",
+    ),
+    key="photo_modes",
+    width="stretch",
+)

@@ -1,0 +1,82 @@
+"""Posteriors: where does each network think the landmark is, on one face?"""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+from ui import posteriors, state
+
+st.title("Posteriors")
+st.markdown(
+    "Pick a face and a landmark. The first picture shows where that landmark is **on faces "
+    "in general**; the others show where each network **thinks it is on this face**, from "
+    "its representation alone. The bright lines enclose the most likely region holding "
+    "**50%** (cyan) and **90%** (yellow) of the probability; the green cross is the true "
+    "position, the white dot the network's best guess. Smaller regions around the cross "
+    "mean the network knows more."
+)
+
+runs = state.runs_with_checkpoint()
+if not runs:
+    st.info("No trained model yet. Train one on the **Train** page first.")
+    st.stop()
+
+info = st.selectbox("Trained model (run)", runs, format_func=state.run_label, key="post_run")
+step = state.latest_step(info.name)
+try:
+    with st.spinner("Loading the trained model…"):
+        experiment = state.load_experiment(info.name, step)
+except Exception as error:  # noqa: BLE001 - a broken run must not break the page
+    st.error(f"This run's model could not be loaded: {error}")
+    st.stop()
+
+config = experiment.config
+images = experiment.source_images("test")
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def thumbnails(run_name: str, count: int) -> list[np.ndarray]:
+    source = state.load_experiment(run_name, step).source_images("test")
+    return [_uint8(source[i]["image"]) for i in range(min(count, len(source)))]
+
+
+def _uint8(image) -> np.ndarray:
+    return (image.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy()
+
+
+left, middle, right = st.columns([2, 2, 3])
+landmark = left.selectbox(
+    "Landmark", list(config.landmarks), format_func=state.landmark_label, key="post_landmark"
+)
+style = (
+    middle.segmented_control(
+        "Show",
+        ["regions", "heatmap"],
+        default="regions",
+        format_func={"regions": "Credible regions", "heatmap": "Heat map"}.get,
+        key="post_style",
+    )
+    or "regions"
+)
+index = right.number_input(
+    f"Face number (0 to {len(images) - 1}, test faces)", 0, len(images) - 1, 0, key="post_index"
+)
+
+with st.expander("Pick a face from the gallery", expanded=True):
+    thumbs = thumbnails(info.name, 8)
+    columns = st.columns(len(thumbs))
+    for i, (column, thumb) in enumerate(zip(columns, thumbs, strict=True)):
+        column.image(thumb, caption=f"Face {i}", width="stretch")
+        if column.button("Show", key=f"thumb_{i}", width="stretch"):
+            st.session_state["post_index"] = i
+            st.rerun()
+
+item = images[int(index)]
+image = _uint8(item["image"])
+truth = tuple(float(v) for v in item[landmark])
+maps, seconds = posteriors.maps_for(info.name, step, f"test-{index}", image, landmark, truth, None)
+posteriors.show_maps(image, maps, style=style, key="post")
+st.caption(
+    f"Face {index} of the test set, {image.shape[1]} x {image.shape[0]} pixels; "
+    f"{len(maps)} densities evaluated at every pixel in {seconds:.2f} s."
+)

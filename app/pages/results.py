@@ -1,0 +1,112 @@
+"""Results: the MI of a finished run per landmark and network; compare two runs."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+from ui import charts, state
+
+from mist_core.runs import RunInfo
+
+st.title("Results")
+st.markdown(
+    "Each bar is how much one network's representation tells about where one landmark is, "
+    "measured on test faces the models never saw during training (in nats; the thin lines "
+    "are ± one standard error). Taller bars: the network can point at that landmark more "
+    "sharply."
+)
+
+runs = state.runs_with_results()
+broken = [info for info in state.store().list() if info.problem]
+if broken:
+    with st.expander(f"{len(broken)} run folder(s) could not be read and are skipped"):
+        for info in broken:
+            st.markdown(f"- `{info.name}`: {info.problem}")
+if not runs:
+    st.info("No finished run yet. Start one on the **Train** page (the demo takes a few minutes).")
+    st.stop()
+
+
+def _table(info: RunInfo) -> pd.DataFrame:
+    assert info.summary is not None
+    return pd.DataFrame(info.summary["mi"])[["encoder", "landmark", "mi", "std_error"]]
+
+
+def _readable(table: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "Network": table["encoder"].map(state.encoder_label),
+            "Landmark": table["landmark"].map(state.landmark_label),
+            "MI (nats)": table["mi"].round(3),
+            "± std. error": table["std_error"].round(3),
+        }
+    )
+
+
+def show_run(info: RunInfo, slot: str) -> None:
+    table = _table(info)
+    st.plotly_chart(
+        charts.mi_bars(table, title=f"{info.name}: what each network knows (nats)"),
+        key=f"bars_{slot}",
+        width="stretch",
+    )
+    st.dataframe(_readable(table), hide_index=True, key=f"table_{slot}")
+    a, b = st.columns(2)
+    a.download_button(
+        "Download the table (CSV)",
+        table.to_csv(index=False).encode(),
+        file_name=f"{info.name}-mi.csv",
+        mime="text/csv",
+        key=f"csv_{slot}",
+    )
+    metrics = state.store().open(info.name).read_metrics()
+    b.download_button(
+        "Download the training curves (CSV)",
+        metrics.to_csv(index=False).encode(),
+        file_name=f"{info.name}-metrics.csv",
+        mime="text/csv",
+        key=f"metrics_{slot}",
+    )
+    with st.expander("Settings and timings"):
+        summary = info.summary or {}
+        seconds = summary.get("train_seconds")
+        st.markdown(
+            f"Steps: {summary.get('steps', '?')}, epochs: {summary.get('epochs', '?')}"
+            + (f", training time: {seconds / 60:.1f} min" if seconds else "")
+        )
+        if info.config is not None:
+            st.json(info.config.to_dict(), expanded=False)
+        if summary.get("environment"):
+            st.json(summary["environment"], expanded=False)
+
+
+first = st.selectbox("Run", runs, format_func=state.run_label, key="run_a")
+compare = st.toggle("Compare with another run", key="compare", disabled=len(runs) < 2)
+if compare and len(runs) >= 2:
+    others = [info for info in runs if info.name != first.name]
+    second = st.selectbox("Second run", others, format_func=state.run_label, key="run_b")
+    left, right = st.columns(2)
+    with left:
+        show_run(first, "a")
+    with right:
+        show_run(second, "b")
+    merged = _table(first).merge(
+        _table(second), on=["encoder", "landmark"], suffixes=(" A", " B"), how="outer"
+    )
+    merged["difference (B - A)"] = merged["mi B"] - merged["mi A"]
+    st.subheader("Side by side")
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "Network": merged["encoder"].map(state.encoder_label),
+                "Landmark": merged["landmark"].map(state.landmark_label),
+                f"A: {first.name}": merged["mi A"].round(3),
+                f"B: {second.name}": merged["mi B"].round(3),
+                "B - A (nats)": merged["difference (B - A)"].round(3),
+            }
+        ),
+        hide_index=True,
+        key="table_compare",
+    )
+else:
+    show_run(first, "a")

@@ -1,0 +1,296 @@
+"""Train: pick networks and landmarks, press Start, watch the MI curves grow."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+from ui import charts, state
+
+from mist_core.data import expected_files
+from mist_core.experiment import PRESETS, preset
+from mist_core.jobs import JobSnapshot
+
+st.title("Train")
+st.markdown(
+    "A neural network turns a face picture into a list of numbers (its *representation*). "
+    "Here we ask: **from those numbers alone, how sharply can you point at the nose?** "
+    "The answer is a *mutual information*, in **nats**: 0 nats means the numbers say "
+    "nothing about where the nose is; each extra nat means the guess is about e ≈ 2.7 "
+    "times more precise (a region 2.7 times smaller). Press **Start** to measure it for "
+    "a few networks at once."
+)
+
+registry = state.registry()
+job = state.current_job()
+snapshot = job.snapshot() if job is not None else None
+busy = snapshot is not None and not snapshot.done
+if st.query_params.get("job") and job is None:
+    st.info(
+        "The training this link pointed to is not running in this server any more (it was "
+        "restarted). Its results, if it finished, are on the **Results** page."
+    )
+
+PRESET_HELP = {
+    "demo-cpu": "Quick demo: built-in drawn faces, 2,000 small images, 6 epochs "
+    "(about 2-4 minutes on a laptop CPU).",
+    "seed": "The seed notebook's experiment: CelebA at full size, 20 epochs (hours; for a GPU).",
+}
+
+
+def _format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "…"
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+# --- settings -------------------------------------------------------------------------------
+
+with st.container(border=True):
+    st.subheader("1. What to measure")
+    left, right = st.columns(2)
+    with left:
+        dataset = st.radio(
+            "Faces",
+            ["synthetic", "celeba"],
+            format_func=lambda d: {
+                "synthetic": "Built-in drawn faces (no download)",
+                "celeba": "CelebA photos (a folder on this computer)",
+            }[d],
+            disabled=busy,
+            key="dataset",
+        )
+        celeba_root = None
+        if dataset == "celeba":
+            celeba_root = st.text_input(
+                "CelebA folder",
+                value="data",
+                help="The folder that holds celeba/ (img_align_celeba/ and the annotation "
+                "files), as torchvision lays it out.",
+                disabled=busy,
+            )
+            missing = [p for p in expected_files(celeba_root) if not p.exists()]
+            if missing:
+                st.warning(
+                    "CelebA is not in that folder. Missing: "
+                    + ", ".join(f"`{p}`" for p in missing[:3])
+                    + ". Download it from the CelebA website (aligned images and the "
+                    "landmark, partition and attribute files) and unpack it there, or use "
+                    "the built-in drawn faces."
+                )
+        preset_names = list(PRESETS)
+        preset_name = st.selectbox(
+            "Preset",
+            preset_names,
+            index=preset_names.index("seed" if dataset == "celeba" else state.DEFAULT_PRESET),
+            help="\n\n".join(f"**{k}**: {v}" for k, v in PRESET_HELP.items()),
+            disabled=busy,
+        )
+        st.caption(PRESET_HELP.get(preset_name, ""))
+        base = preset(preset_name)
+    with right:
+        st.markdown("**Networks** (each is a ResNet18)")
+        chosen_encoders = []
+        missing_how: dict[str, str] = {}
+        for choice in state.encoder_choices():
+            label = state.encoder_label(choice.name)
+            if choice.available:
+                on = st.checkbox(
+                    label,
+                    value=choice.name in base.encoders,
+                    help=state.ENCODER_HELP.get(choice.name),
+                    disabled=busy,
+                    key=f"encoder_{choice.name}",
+                )
+                if on:
+                    chosen_encoders.append(choice.name)
+            else:
+                st.checkbox(
+                    label,
+                    value=False,
+                    disabled=True,
+                    key=f"encoder_{choice.name}",
+                    help=f"Not available: {choice.reason.split('. ')[0]}.",
+                )
+                missing_how[choice.reason.split(" at ")[0].split(". ")[0]] = choice.how_to_enable
+        if missing_how:
+            with st.expander("Why are some networks greyed out?"):
+                for reason, how in missing_how.items():
+                    st.markdown(f"**{reason}.** {how}")
+        estimator = st.selectbox(
+            "Estimator",
+            list(state.ESTIMATOR_LABELS),
+            format_func=state.ESTIMATOR_LABELS.get,
+            help="DoE fits q(landmark) and q(landmark | representation); the MI is the "
+            "difference of their entropies.",
+            disabled=busy,
+        )
+
+    landmarks = st.pills(
+        "Landmarks",
+        list(state.ALL_LANDMARKS),
+        selection_mode="multi",
+        default=list(base.landmarks),
+        format_func=state.landmark_label,
+        disabled=busy,
+        key="landmarks",
+    )
+    with st.expander("Advanced settings"):
+        a, b, c = st.columns(3)
+        epochs = a.number_input("Epochs", 1, 500, base.epochs, disabled=busy)
+        batch_size = b.number_input("Batch size", 2, 1024, base.batch_size, disabled=busy)
+        lr = c.number_input(
+            "Learning rate", 1e-6, 1.0, base.lr, format="%.5f", step=1e-4, disabled=busy
+        )
+        train_size = a.number_input(
+            "Training images", 16, 1_000_000, base.train_size or 162_770, disabled=busy
+        )
+        test_size = b.number_input(
+            "Test images", 16, 100_000, base.test_size or 19_962, disabled=busy
+        )
+        device = c.selectbox("Device", state.devices(), disabled=busy)
+        height = a.number_input("Image height (px)", 32, 218, base.image_size[0], disabled=busy)
+        width = b.number_input("Image width (px)", 32, 178, base.image_size[1], disabled=busy)
+
+config = None
+problem = None
+if not chosen_encoders:
+    problem = "Pick at least one network."
+elif not landmarks:
+    problem = "Pick at least one landmark."
+else:
+    try:
+        config = base.replace(
+            dataset=dataset,
+            celeba_root=celeba_root if dataset == "celeba" else None,
+            encoders=tuple(chosen_encoders),
+            landmarks=tuple(lm for lm in state.ALL_LANDMARKS if lm in landmarks),
+            estimator=estimator,
+            epochs=int(epochs),
+            batch_size=int(batch_size),
+            lr=float(lr),
+            train_size=int(train_size),
+            test_size=int(test_size),
+            image_size=(int(height), int(width)),
+            device=device,
+        )
+    except ValueError as error:
+        problem = str(error)
+
+# --- start / stop ---------------------------------------------------------------------------
+
+st.subheader("2. Train")
+start_col, stop_col, status_col = st.columns([1, 1, 4])
+if start_col.button(
+    "Start", type="primary", disabled=busy or config is None, width="stretch", key="start"
+):
+    assert config is not None
+    job = registry.submit(config)
+    state.attach(job)
+    st.rerun()
+if stop_col.button("Stop", disabled=not busy, width="stretch", key="stop"):
+    assert job is not None
+    job.stop()
+    st.rerun()
+if problem:
+    status_col.warning(problem)
+elif not busy and config is not None and not registry.is_prepared(config):
+    if config.dataset == "synthetic" and registry.is_prepared(state.default_config()) is False:
+        status_col.caption(
+            "Drawing the demo's faces in the background… Start now and training begins as "
+            "soon as they are ready."
+        )
+    else:
+        status_col.caption("The faces for these settings are prepared when you press Start.")
+
+
+def _show_progress(snap: JobSnapshot) -> None:
+    total = snap.total_steps or 0
+    text = f"**{snap.state.value}** · {snap.message}"
+    if total:
+        text += (
+            f" · epoch {snap.epoch + 1}/{snap.config.epochs} · step {snap.step}/{total}"
+            f" · {snap.samples_per_s or 0:.0f} images/s · time left {_format_seconds(snap.eta_s)}"
+        )
+    st.progress(snap.fraction, text=text)
+
+
+def _show_curves(snap: JobSnapshot) -> None:
+    encoders, landmarks = list(snap.config.encoders), list(snap.config.landmarks)
+    pick_e, pick_l = st.columns(2)
+    shown_e = pick_e.multiselect(
+        "Show networks",
+        encoders,
+        default=encoders,
+        format_func=state.encoder_label,
+        key="curve_encoders",
+    )
+    shown_l = pick_l.multiselect(
+        "Show landmarks",
+        landmarks,
+        default=landmarks,
+        format_func=state.landmark_label,
+        key="curve_landmarks",
+    )
+    curves = snap.train_curves
+    if not any(name.startswith("I(") for name in curves):
+        st.info("The first curves appear after the first training step.")
+        return
+    st.plotly_chart(
+        charts.mi_curves(curves, encoders=shown_e, landmarks=shown_l),
+        key="live_curves",
+        width="stretch",
+    )
+    latest = {
+        name: points[-1][1] for name, points in curves.items() if name.startswith("I(") and points
+    }
+    st.caption(
+        f"Latest step {snap.step}: "
+        + ", ".join(
+            f"{charts.pair_label(*charts.split_pair(n))} {v:.2f}" for n, v in latest.items()
+        )
+        + " nats (per-batch estimates; the lines are averaged over 15 steps)."
+    )
+
+
+def _show_result(snap: JobSnapshot) -> None:
+    if snap.error:
+        st.error(f"Training failed: {snap.error}")
+        with st.expander("Details (for a developer)"):
+            st.code(snap.traceback or "", language="text")
+    elif snap.mi_table:
+        table = pd.DataFrame([dict(row) for row in snap.mi_table])
+        st.success(
+            f"Finished in {_format_seconds((snap.finished or 0) - (snap.started or 0))}. "
+            f"Run **{snap.run_name}** is saved: compare it on **Results**, look at its "
+            "posteriors on **Posteriors**."
+        )
+        st.plotly_chart(charts.mi_bars(table), key="final_bars", width="stretch")
+    elif snap.state.value == "stopped":
+        st.info(f"Stopped. {snap.message}. Run **{snap.run_name}** keeps its checkpoint.")
+
+
+def live() -> None:
+    current = state.current_job()
+    if current is None:
+        return
+    snap = current.snapshot()
+    _show_progress(snap)
+    _show_curves(snap)
+    if snap.done:
+        _show_result(snap)
+        if busy:  # it ended since the page was drawn: redraw the settings as enabled
+            st.rerun(scope="app")
+
+
+if job is None:
+    st.caption("Nothing is training yet from this page.")
+else:
+    st.fragment(run_every=1.0 if busy else None)(live)()
+
+others = [j for j in registry.jobs() if j is not job and not j.snapshot().done]
+if others:
+    st.caption(
+        "Also training or waiting in this server: "
+        + ", ".join(f"[{j.snapshot().run_name or j.id}](?job={j.id})" for j in others)
+    )

@@ -1,0 +1,1 @@
+"""Shared pieces of the dashboard: process-wide state and chart builders (no science)."""

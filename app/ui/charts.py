@@ -1,0 +1,256 @@
+"""Plotly figures of the dashboard. They draw numbers computed by ``mist_core``; they compute
+nothing themselves beyond smoothing a curve for the eye.
+
+Image coordinates follow ``mist_core``: x to the right, y downward, the centre of pixel
+(row i, column j) at (j + 0.5, i + 0.5); every image axis is reversed in y accordingly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from mist_core.posterior import PosteriorMap
+
+from .state import encoder_label, landmark_label
+
+#: One colour per encoder, the same on every page.
+ENCODER_COLOURS = {
+    "random_init": "#8c8c8c",
+    "pretrained": "#1f77b4",
+    "finetuned": "#d62728",
+    "trained": "#ff7f0e",
+}
+LANDMARK_DASH = {
+    "left_eye": "solid",
+    "right_eye": "dot",
+    "nose": "dash",
+    "left_mouth": "longdash",
+    "right_mouth": "dashdot",
+}
+REGION_COLOURS = {0.5: "#00e5ff", 0.9: "#ffea00"}
+
+
+def split_pair(name: str) -> tuple[str, str]:
+    """``"I(trained;nose)"`` -> ``("trained", "nose")``."""
+    inner = name[2:-1] if name.startswith("I(") and name.endswith(")") else name
+    encoder, _, landmark = inner.partition(";")
+    return encoder, landmark
+
+
+def pair_label(encoder: str, landmark: str) -> str:
+    return f"{encoder_label(encoder).split(' (')[0]} · {landmark_label(landmark)}"
+
+
+def _layout(fig: go.Figure, **kwargs) -> go.Figure:
+    fig.update_layout(margin=dict(l=10, r=10, t=40, b=10), **kwargs)
+    return fig
+
+
+def mi_curves(
+    curves: Mapping[str, Sequence[tuple[int, float]]],
+    *,
+    encoders: Sequence[str] | None = None,
+    landmarks: Sequence[str] | None = None,
+    smooth: int = 15,
+    title: str = "Mutual information while training (nats)",
+) -> go.Figure:
+    """One line per encoder x landmark: the running mean of the per-batch estimates over
+    ``smooth`` steps (the raw estimates are noisy), coloured by encoder, dashed by landmark."""
+    fig = go.Figure()
+    for name, points in curves.items():
+        if not name.startswith("I(") or not points:
+            continue
+        encoder, landmark = split_pair(name)
+        if (encoders is not None and encoder not in encoders) or (
+            landmarks is not None and landmark not in landmarks
+        ):
+            continue
+        steps = np.array([p[0] for p in points])
+        values = pd.Series([p[1] for p in points]).rolling(smooth, min_periods=1).mean()
+        fig.add_trace(
+            go.Scatter(
+                x=steps,
+                y=values,
+                mode="lines",
+                name=pair_label(encoder, landmark),
+                line=dict(
+                    color=ENCODER_COLOURS.get(encoder),
+                    dash=LANDMARK_DASH.get(landmark, "solid"),
+                    width=2,
+                ),
+            )
+        )
+    return _layout(
+        fig,
+        title=title,
+        xaxis_title="training step",
+        yaxis_title="MI (nats)",
+        legend=dict(orientation="h", yanchor="top", y=-0.2),
+        height=420,
+    )
+
+
+def mi_bars(table: pd.DataFrame, *, title: str = "What each network knows (nats)") -> go.Figure:
+    """The seed's bar chart: MI per landmark, one bar per encoder, error bars of one standard
+    error. ``table`` has columns encoder, landmark, mi, std_error."""
+    fig = go.Figure()
+    landmarks = list(dict.fromkeys(table["landmark"]))
+    for encoder, rows in table.groupby("encoder", sort=False):
+        rows = rows.set_index("landmark").reindex(landmarks)
+        fig.add_trace(
+            go.Bar(
+                x=[landmark_label(lm) for lm in landmarks],
+                y=rows["mi"],
+                error_y=dict(type="data", array=rows["std_error"], visible=True),
+                name=encoder_label(encoder),
+                marker_color=ENCODER_COLOURS.get(encoder),
+                hovertemplate="%{x}: %{y:.2f} ± %{error_y.array:.2f} nats<extra></extra>",
+            )
+        )
+    fig.add_hline(y=0, line_color="black", line_width=1)
+    return _layout(
+        fig,
+        title=title,
+        barmode="group",
+        yaxis_title="MI (nats)",
+        legend=dict(orientation="h", yanchor="top", y=-0.15),
+        height=420,
+    )
+
+
+def _image_axes(fig: go.Figure, height: int, width: int) -> None:
+    fig.update_xaxes(range=[0, width], showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(
+        range=[height, 0],
+        showticklabels=False,
+        showgrid=False,
+        zeroline=False,
+        scaleanchor="x",
+    )
+
+
+def image_figure(image: np.ndarray, *, title: str = "", height_px: int = 330) -> go.Figure:
+    """An RGB image ``[H, W, 3] uint8`` with pixel (i, j) centred at (j + 0.5, i + 0.5)."""
+    fig = go.Figure(go.Image(z=image, x0=0.5, y0=0.5, dx=1, dy=1, hoverinfo="skip"))
+    _image_axes(fig, image.shape[0], image.shape[1])
+    return _layout(fig, title=dict(text=title, font=dict(size=14)), height=height_px)
+
+
+def posterior_figure(
+    image: np.ndarray,
+    posterior: PosteriorMap,
+    *,
+    style: str = "regions",
+    title: str = "",
+    height_px: int = 330,
+) -> go.Figure:
+    """``image`` ``[H, W, 3] uint8`` with the posterior over it: its 50% and 90% highest-
+    density regions (``style="regions"``) or the density as a heat map (``"heatmap"``); the
+    true landmark (green cross) and the most likely pixel (white dot)."""
+    fig = image_figure(image, title=title, height_px=height_px)
+    h, w = posterior.log_prob.shape
+    xs, ys = np.arange(w) + 0.5, np.arange(h) + 0.5
+    if style == "heatmap":
+        density = np.exp(posterior.log_prob - posterior.log_prob.max())
+        density[density < 0.02] = np.nan  # transparent where the model puts ~nothing
+        fig.add_trace(
+            go.Heatmap(
+                z=density,
+                x=xs,
+                y=ys,
+                colorscale="Inferno",
+                opacity=0.6,
+                showscale=False,
+                hoverinfo="skip",
+            )
+        )
+    else:
+        for mass in sorted(posterior.levels, reverse=True):
+            level = posterior.levels[mass]
+            colour = REGION_COLOURS.get(mass, "#ffffff")
+            fig.add_trace(
+                go.Contour(
+                    z=posterior.log_prob,
+                    x=xs,
+                    y=ys,
+                    contours=dict(start=level, end=level, size=1.0, coloring="none"),
+                    line=dict(color=colour, width=2),
+                    showscale=False,
+                    name=f"{int(mass * 100)}% region",
+                    showlegend=False,
+                    hoverinfo="skip",
+                )
+            )
+    if posterior.truth is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[posterior.truth[0]],
+                y=[posterior.truth[1]],
+                mode="markers",
+                marker=dict(symbol="x", size=11, color="#00ff00", line=dict(width=1)),
+                name="true position",
+                showlegend=False,
+                hovertemplate="true position (%{x:.1f}, %{y:.1f})<extra></extra>",
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=[posterior.mode[0]],
+            y=[posterior.mode[1]],
+            mode="markers",
+            marker=dict(size=7, color="white", line=dict(color="black", width=1)),
+            name="most likely",
+            showlegend=False,
+            hovertemplate="most likely (%{x:.1f}, %{y:.1f})<extra></extra>",
+        )
+    )
+    return fig
+
+
+def landmarks_on_photo(
+    image: np.ndarray,
+    points: Mapping[str, tuple[float, float]],
+    *,
+    title: str = "",
+    height_px: int = 420,
+) -> go.Figure:
+    """The photo with one labelled marker per landmark, ``points`` in photo pixels."""
+    fig = image_figure(image, title=title, height_px=height_px)
+    size = max(8, int(0.012 * max(image.shape[:2])))
+    for name, (x, y) in points.items():
+        fig.add_trace(
+            go.Scatter(
+                x=[x],
+                y=[y],
+                mode="markers+text",
+                text=[landmark_label(name)],
+                textposition="top center",
+                textfont=dict(color="white", size=12),
+                marker=dict(
+                    size=min(size, 16), color="#00e5ff", line=dict(color="black", width=1)
+                ),
+                name=landmark_label(name),
+                showlegend=False,
+            )
+        )
+    return fig
+
+
+def crop_outline(fig: go.Figure, corners: np.ndarray, *, colour: str = "#00e5ff") -> go.Figure:
+    """Draw the aligned crop's outline (4 corners ``[4, 2]`` in photo pixels) on ``fig``."""
+    closed = np.vstack([corners, corners[:1]])
+    fig.add_trace(
+        go.Scatter(
+            x=closed[:, 0],
+            y=closed[:, 1],
+            mode="lines",
+            line=dict(color=colour, width=2),
+            showlegend=False,
+            hoverinfo="skip",
+        )
+    )
+    return fig

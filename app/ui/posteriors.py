@@ -1,0 +1,78 @@
+"""Posterior maps for the pages, computed by ``mist_core.posterior`` and cached per image."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+import numpy as np
+import streamlit as st
+import torch
+
+from mist_core.posterior import PosteriorMap, posterior_maps
+
+from . import charts, state
+
+_LOCK = threading.Lock()  # one evaluation at a time: tabs share the loaded models
+
+
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """``[H, W, 3] uint8`` -> ``[3, H, W]`` float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255.0)
+
+
+def image_key(image: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()[:16]
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def maps_for(
+    run_name: str,
+    step: int | None,
+    key: str,
+    _image: np.ndarray,
+    landmark: str,
+    truth: tuple[float, float] | None,
+    encoders: tuple[str, ...] | None = None,
+) -> tuple[list[PosteriorMap], float]:
+    """The marginal's and each encoder's map for one image (cached by ``key``, the image's
+    hash), and the seconds it took."""
+    experiment = state.load_experiment(run_name, step)
+    with _LOCK, torch.inference_mode():
+        started = time.perf_counter()
+        maps = posterior_maps(
+            experiment, image_tensor(_image), landmark, truth=truth, encoders=encoders
+        )
+        return maps, time.perf_counter() - started
+
+
+def show_maps(
+    image: np.ndarray, maps: list[PosteriorMap], *, style: str, key: str, per_row: int = 4
+) -> None:
+    """One figure per map (the marginal first), with the pointwise MI under each."""
+    for start in range(0, len(maps), per_row):
+        row = maps[start : start + per_row]
+        for column, pmap in zip(st.columns(per_row), row, strict=False):
+            with column:
+                if pmap.encoder is None:
+                    title = "Average face: q(landmark)"
+                else:
+                    title = f"{state.encoder_label(pmap.encoder).split(' (')[0]}: q(landmark | x)"
+                st.plotly_chart(
+                    charts.posterior_figure(image, pmap, style=style, title=title),
+                    key=f"{key}_{start}_{pmap.encoder}",
+                    width="stretch",
+                    config={"displayModeBar": False},
+                )
+                if pmap.encoder is None:
+                    st.caption("Where this landmark is on faces in general (no picture seen).")
+                elif pmap.pointwise_mi is not None:
+                    st.metric(
+                        "This face: log q(y|x) − log q(y)",
+                        f"{pmap.pointwise_mi:+.2f} nats",
+                        help="How much more probability this network's guess gives the true "
+                        "position than the average-face guess (positive: it helped).",
+                    )
+                else:
+                    st.caption(f"Most likely at ({pmap.mode[0]:.0f}, {pmap.mode[1]:.0f}) px.")

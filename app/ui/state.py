@@ -1,0 +1,162 @@
+"""Process-wide state of the dashboard: the job registry, the run store, loaded models.
+
+Everything here is created once per server process (``st.cache_resource``) and shared by
+every browser tab, so a second tab or a reload sees the same jobs and runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import streamlit as st
+import torch
+
+from mist_core.data import LANDMARKS
+from mist_core.encoders import ENCODER_PRESETS, list_encoders
+from mist_core.experiment import ExperimentConfig, LandmarkExperiment, preset
+from mist_core.jobs import Job, JobRegistry
+from mist_core.runs import RunInfo, RunStatus, RunStore
+
+logger = logging.getLogger(__name__)
+
+#: Where runs are written; ``MIST_RUNS_DIR`` overrides (tests use a temporary folder).
+RUNS_DIR = Path(os.environ.get("MIST_RUNS_DIR", "runs"))
+#: The demo a person gets by pressing Start without changing anything.
+DEFAULT_PRESET = os.environ.get("MIST_DEFAULT_PRESET", "demo-cpu")
+
+ENCODER_LABELS = {
+    "random_init": "Random init (frozen)",
+    "pretrained": "ImageNet-pretrained (frozen)",
+    "finetuned": "Fine-tuned from ImageNet",
+    "trained": "Trained from scratch",
+}
+ENCODER_HELP = {
+    "random_init": "A ResNet18 with random weights, never trained: the baseline.",
+    "pretrained": "A ResNet18 trained on ImageNet photos, kept as it is.",
+    "finetuned": "The ImageNet ResNet18, trained further here to find the landmarks.",
+    "trained": "A ResNet18 trained here from random weights to find the landmarks "
+    "(works offline; the stand-in for fine-tuning when ImageNet weights are missing).",
+}
+LANDMARK_LABELS = {
+    "left_eye": "Left eye",
+    "right_eye": "Right eye",
+    "nose": "Nose",
+    "left_mouth": "Left mouth corner",
+    "right_mouth": "Right mouth corner",
+}
+ESTIMATOR_LABELS = {
+    "doe": "DoE (difference of entropies, default)",
+    "club": "CLUB (an upper bound)",
+    "l1out": "L1Out (leave one out)",
+}
+
+
+def encoder_label(name: str) -> str:
+    return ENCODER_LABELS.get(name, name)
+
+
+def landmark_label(name: str) -> str:
+    return LANDMARK_LABELS.get(name, name)
+
+
+@st.cache_resource(show_spinner=False)
+def registry() -> JobRegistry:
+    """The job registry of this server process; draws the default demo's faces at once, in
+    the background, so that Start begins training without waiting for them."""
+    jobs = JobRegistry(RunStore(RUNS_DIR))
+    threading.Thread(
+        target=_warm_up, args=(jobs, default_config()), name="mist-warm-up", daemon=True
+    ).start()
+    return jobs
+
+
+def _warm_up(jobs: JobRegistry, config: ExperimentConfig) -> None:
+    try:
+        jobs.prepare(config)
+    except Exception:  # noqa: BLE001 - a failed warm-up only means the job does the work
+        logger.exception("could not prepare the default demo's images ahead of time")
+
+
+def store() -> RunStore:
+    return registry().store
+
+
+def default_config() -> ExperimentConfig:
+    return preset(DEFAULT_PRESET)
+
+
+def devices() -> list[str]:
+    found = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return found
+
+
+def encoder_choices() -> list:
+    """Every encoder preset with whether it can be built here (and why not)."""
+    return list_encoders(ENCODER_PRESETS.values())
+
+
+def current_job() -> Job | None:
+    """The job named in the URL (``?job=...``), if this server knows it."""
+    job_id = st.query_params.get("job")
+    if not job_id:
+        return None
+    try:
+        return registry().get(job_id)
+    except KeyError:
+        return None
+
+
+def attach(job: Job) -> None:
+    """Put the job's id in the URL, so a reload or a copied link comes back to it."""
+    st.query_params["job"] = job.id
+
+
+def runs_with_results() -> list[RunInfo]:
+    """Runs that finished (have an MI table), newest first."""
+    return [
+        info
+        for info in store().list()
+        if info.problem is None and info.summary and info.summary.get("mi")
+    ]
+
+
+def runs_with_checkpoint() -> list[RunInfo]:
+    """Runs with a model to draw posteriors from: finished or stopped, newest first."""
+    out = []
+    for info in store().list():
+        if info.problem is not None or info.status not in (RunStatus.FINISHED, RunStatus.STOPPED):
+            continue
+        if store().open(info.name).latest_checkpoint_step() is not None:
+            out.append(info)
+    return out
+
+
+def run_label(info: RunInfo) -> str:
+    config = info.config
+    what = ""
+    if config is not None:
+        encoders = ", ".join(encoder_label(e).split(" (")[0] for e in config.encoders)
+        what = f" · {config.dataset} · {encoders}"
+    status = info.status.value if info.status else "?"
+    return f"{info.name} ({status}){what}"
+
+
+@st.cache_resource(show_spinner=False, max_entries=3)
+def load_experiment(run_name: str, checkpoint_step: int | None) -> LandmarkExperiment:
+    """A run's trained model, loaded once per (run, checkpoint) and kept in memory."""
+    run = store().open(run_name)
+    which = "latest" if checkpoint_step is None else checkpoint_step
+    return LandmarkExperiment.from_run(run, which)
+
+
+def latest_step(run_name: str) -> int | None:
+    """The step of the run's latest checkpoint (a cache key: a resumed run reloads)."""
+    return store().open(run_name).latest_checkpoint_step()
+
+
+ALL_LANDMARKS = LANDMARKS
