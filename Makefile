@@ -16,14 +16,10 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)
 
 app: setup
-	@if [ -f app/main.py ]; then \
-		$(PY) -m streamlit run app/main.py; \
-	else \
-		echo "The dashboard (app/main.py) is not built yet: it is issue 5. The library is ready: see README.md."; \
-		exit 1; \
-	fi
+	$(PY) -m streamlit run app/main.py
 
 test: setup
+	bash tests/e2e/install_chromium.sh
 	$(PY) -m pytest
 
 bench-accuracy: setup

@@ -380,17 +380,25 @@ class LandmarkExperiment:
             self.data = self._build_datasets()
         return self.data
 
-    def _build_datasets(self) -> dict[str, Dataset]:
+    def source_images(self, split: str) -> Dataset:
+        """The ``split``'s images at their own resolution (218 x 178 for both datasets), with
+        the landmarks in that frame; item ``i`` is image ``i`` of :meth:`datasets`."""
         c = self.config
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         if c.dataset == "synthetic":
             assert c.train_size is not None and c.test_size is not None
-            train: Dataset = SyntheticFaces(c.train_size, seed=c.seed)
+            if split == "train":
+                return SyntheticFaces(c.train_size, seed=c.seed)
             # a different seed stream for test images: no image is in both
-            test: Dataset = SyntheticFaces(c.test_size, seed=c.seed + 1_000_003)
-        else:
-            assert c.celeba_root is not None
-            train = _take(CelebALandmarks(c.celeba_root, split="train"), c.train_size, c.seed)
-            test = _take(CelebALandmarks(c.celeba_root, split="test"), c.test_size, c.seed)
+            return SyntheticFaces(c.test_size, seed=c.seed + 1_000_003)
+        assert c.celeba_root is not None
+        size = c.train_size if split == "train" else c.test_size
+        return _take(CelebALandmarks(c.celeba_root, split=split), size, c.seed)
+
+    def _build_datasets(self) -> dict[str, Dataset]:
+        c = self.config
+        train, test = self.source_images("train"), self.source_images("test")
         if c.preload:
             train = _Preloaded(train, c.image_size, c.batch_size)
             test = _Preloaded(test, c.image_size, c.batch_size)

@@ -445,6 +445,11 @@ class JobRegistry:
             with self._lock:
                 return self._data.get(key)
 
+    def is_prepared(self, config: ExperimentConfig) -> bool:
+        """Whether ``config``'s images are ready in memory (never waits)."""
+        with self._lock:
+            return self._data_key(config) in self._data
+
     def prepare(self, config: ExperimentConfig) -> None:
         """Draw or load ``config``'s images and compute its frozen encoders' features now, so
         that a job started later with the same data begins training at once. Thread-safe;

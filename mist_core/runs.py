@@ -593,6 +593,15 @@ class Run:
         """Whether any checkpoint was written (not verified: :meth:`load_checkpoint` does)."""
         return bool(self._checkpoint_steps())
 
+    def latest_checkpoint_step(self) -> int | None:
+        """The step of the latest checkpoint (as ``latest.json`` says, else the newest file);
+        ``None`` without one. Cheap: nothing is loaded or verified."""
+        step = self._pointer_step()
+        if step is not None:
+            return step
+        steps = self._checkpoint_steps()
+        return steps[-1] if steps else None
+
     def load_checkpoint(self, which: str | int = "latest") -> Checkpoint:
         """Load and verify a checkpoint: ``"latest"`` or a step number.
 

@@ -67,9 +67,10 @@ def registry() -> JobRegistry:
     """The job registry of this server process; draws the default demo's faces at once, in
     the background, so that Start begins training without waiting for them."""
     jobs = JobRegistry(RunStore(RUNS_DIR))
-    threading.Thread(
-        target=_warm_up, args=(jobs, default_config()), name="mist-warm-up", daemon=True
-    ).start()
+    if os.environ.get("MIST_WARM_UP", "1") != "0":  # tests switch it off
+        threading.Thread(
+            target=_warm_up, args=(jobs, default_config()), name="mist-warm-up", daemon=True
+        ).start()
     return jobs
 
 

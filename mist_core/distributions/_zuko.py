@@ -17,11 +17,13 @@ import zuko  # noqa: E402
 from zuko.distributions import NormalizingFlow  # noqa: E402
 from zuko.flows.autoregressive import MaskedAutoregressiveTransform  # noqa: E402
 from zuko.lazy import Flow, LazyDistribution, LazyTransform  # noqa: E402
+from zuko.nn import MaskedLinear  # noqa: E402
 from zuko.transforms import (  # noqa: E402
     DependentTransform,
     MonotonicAffineTransform,
     MonotonicRQSTransform,
 )
+from zuko.utils import unpack  # noqa: E402
 
 Distribution._validate_args = _validate_args
 if _arg_constraints is not None:
@@ -36,8 +38,10 @@ __all__ = [
     "LazyDistribution",
     "LazyTransform",
     "MaskedAutoregressiveTransform",
+    "MaskedLinear",
     "MonotonicAffineTransform",
     "MonotonicRQSTransform",
     "NormalizingFlow",
+    "unpack",
     "zuko",
 ]

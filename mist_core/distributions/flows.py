@@ -32,9 +32,11 @@ from mist_core.distributions._zuko import (
     LazyDistribution,
     LazyTransform,
     MaskedAutoregressiveTransform,
+    MaskedLinear,
     MonotonicAffineTransform,
     MonotonicRQSTransform,
     NormalizingFlow,
+    unpack,
 )
 from mist_core.distributions.normalization import EMANorm
 from mist_core.nn import mlp
@@ -90,21 +92,41 @@ class DiagonalAffine(LazyTransform):
         return DependentTransform(MonotonicAffineTransform(shift, scale), 1)
 
 
+class _MaskedAutoregressive(MaskedAutoregressiveTransform):
+    """zuko's masked autoregressive layer with one shortcut, for posterior maps: when one
+    context vector ``[C]`` conditions many points ``[..., N, D]``, the context's part of the
+    conditioner's first layer is computed once instead of once per point. Same parameters,
+    same numbers (up to float rounding), about ``(C + D) / D`` times less work in that layer
+    (a 512-d context and a 2-d landmark: ~250x)."""
+
+    def meta(self, c: Tensor | None, x: Tensor) -> Transform:
+        first = self.hyper[0]
+        if c is None or c.dim() != 1 or x.dim() < 2 or not isinstance(first, MaskedLinear):
+            return super().meta(c, x)
+        weight = first.mask * first.weight  # [hidden, D + C]
+        d = x.shape[-1]
+        shared = nn.functional.linear(c, weight[:, d:], first.bias)  # [hidden]
+        phi = nn.functional.linear(x, weight[:, :d]) + shared
+        for layer in list(self.hyper)[1:]:  # MaskedMLP[1:] would rebuild a MaskedMLP
+            phi = layer(phi)
+        phi = phi.unflatten(-1, (-1, self.total))
+        phi = unpack(phi, self.shapes)
+        return DependentTransform(self.univariate(*phi), 1)
+
+
 def _affine_autoregressive(
     features: int, context: int, hidden: Sequence[int], index: int
 ) -> LazyTransform:
     # Alternate the variable order between stacked layers, as in MAF.
     order = torch.arange(features) if index % 2 == 0 else torch.arange(features).flip(0)
-    return MaskedAutoregressiveTransform(
-        features, context, order=order, hidden_features=tuple(hidden)
-    )
+    return _MaskedAutoregressive(features, context, order=order, hidden_features=tuple(hidden))
 
 
 def _spline_autoregressive(
     features: int, context: int, hidden: Sequence[int], index: int
 ) -> LazyTransform:
     order = torch.arange(features) if index % 2 == 0 else torch.arange(features).flip(0)
-    return MaskedAutoregressiveTransform(
+    return _MaskedAutoregressive(
         features,
         context,
         order=order,

@@ -90,3 +90,26 @@ def test_posterior_argument_errors(experiment):
         posterior_maps(experiment, image, "nose", encoders=["vgg"])
     with pytest.raises(ValueError, match=r"\[3, H, W\]"):
         posterior_maps(experiment, torch.rand(20, 16), "nose")
+
+
+@pytest.mark.parametrize("transform", ["affine_autoregressive", "spline_autoregressive"])
+def test_one_context_for_a_grid_gives_the_same_log_prob_as_one_context_per_point(transform):
+    """The posterior-map shortcut (context part of the first layer computed once) changes
+    nothing but the speed."""
+    from mist_core.distributions import conditional_transformed_normal
+
+    torch.manual_seed(0)
+    q = conditional_transformed_normal(
+        2, context_dim=32, hidden_dims=[16, 8], transform_name=f"conditional_{transform}",
+        n_transforms=2,
+    )
+    q.eval()
+    for parameter in q.parameters():  # move away from the identity initialisation
+        parameter.data.add_(0.3 * torch.randn_like(parameter))
+    context = torch.randn(32)
+    grid = torch.rand(7, 5, 2) * 4 - 2
+    fast = q.condition(context).log_prob(grid)
+    plain = q.condition(context.expand(7, 5, 32)).log_prob(grid)
+    assert fast.shape == (7, 5)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(fast, q.condition(-context).log_prob(grid))  # context matters
