@@ -20,7 +20,7 @@ st.set_page_config(
     layout="wide",
 )
 
-PAGES = Path(__file__).resolve().parent / "pages"
+PAGES = Path(__file__).resolve().parent / "views"  # not "pages/": no automatic page list
 navigation = st.navigation(
     [
         st.Page(PAGES / "train.py", title="Train", icon=":material/model_training:", default=True),

@@ -68,6 +68,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DATASETS = ("synthetic", "celeba")
+#: Held while an experiment draws its random initial weights (see LandmarkExperiment).
+_BUILD_LOCK = threading.Lock()
 #: The seed notebook's three representations.
 REPRESENTATIONS = ("random_init", "pretrained", "finetuned")
 #: Estimators that can be built per (encoder, landmark) pair from a density over y.
@@ -286,19 +288,23 @@ class LandmarkExperiment:
                     f"encoder {name!r} is not available: {availability.reason}. "
                     f"{availability.how_to_enable}"
                 )
-        torch.manual_seed(config.seed)
-        self.encoders = {
-            name: build_encoder(ENCODER_PRESETS[name], image_size=config.image_size)
-            for name in config.encoders
-        }
-        estimators = instantiate_estimators(
-            representations={name: enc.out_features for name, enc in self.encoders.items()},
-            landmarks=config.landmarks,
-            estimator=config.estimator,
-            hidden_dims=config.hidden_dims,
-            marginal_hidden_dims=config.marginal_hidden_dims,
-            n_transforms=config.n_transforms,
-        )
+        # Random weights come from torch's global generator: seed it and draw them with no
+        # other thread building an experiment at the same time (a dashboard warms one up in
+        # the background while a page loads another; interleaved draws would change both).
+        with _BUILD_LOCK:
+            torch.manual_seed(config.seed)
+            self.encoders = {
+                name: build_encoder(ENCODER_PRESETS[name], image_size=config.image_size)
+                for name in config.encoders
+            }
+            estimators = instantiate_estimators(
+                representations={name: enc.out_features for name, enc in self.encoders.items()},
+                landmarks=config.landmarks,
+                estimator=config.estimator,
+                hidden_dims=config.hidden_dims,
+                marginal_hidden_dims=config.marginal_hidden_dims,
+                n_transforms=config.n_transforms,
+            )
         self.estimator = MultiMIEstimator(estimators)
         self.model = TransformedMIEstimator(
             base_estimator=self.estimator,

@@ -51,28 +51,31 @@ def show_maps(
     image: np.ndarray, maps: list[PosteriorMap], *, style: str, key: str, per_row: int = 4
 ) -> None:
     """One figure per map (the marginal first), with the pointwise MI under each."""
+    per_row = max(2, min(per_row, len(maps)))
     for start in range(0, len(maps), per_row):
         row = maps[start : start + per_row]
         for column, pmap in zip(st.columns(per_row), row, strict=False):
             with column:
                 if pmap.encoder is None:
-                    title = "Average face: q(landmark)"
+                    title = "Average face"
                 else:
-                    title = f"{state.encoder_label(pmap.encoder).split(' (')[0]}: q(landmark | x)"
+                    title = state.encoder_label(pmap.encoder).split(" (")[0]
                 st.plotly_chart(
-                    charts.posterior_figure(image, pmap, style=style, title=title),
+                    charts.posterior_figure(image, pmap, style=style, title=title, height_px=440),
                     key=f"{key}_{start}_{pmap.encoder}",
                     width="stretch",
                     config={"displayModeBar": False},
                 )
                 if pmap.encoder is None:
-                    st.caption("Where this landmark is on faces in general (no picture seen).")
+                    st.caption("q(landmark): where it is on faces in general, no picture seen.")
                 elif pmap.pointwise_mi is not None:
                     st.metric(
-                        "This face: log q(y|x) − log q(y)",
+                        "Pointwise MI on this face",
                         f"{pmap.pointwise_mi:+.2f} nats",
-                        help="How much more probability this network's guess gives the true "
-                        "position than the average-face guess (positive: it helped).",
+                        help="log q(y|x) − log q(y) at the true position: how much more "
+                        "probability this network's guess gives it than the average-face "
+                        "guess (positive: the picture helped).",
                     )
+                    st.caption("q(landmark | its representation of this face)")
                 else:
                     st.caption(f"Most likely at ({pmap.mode[0]:.0f}, {pmap.mode[1]:.0f}) px.")

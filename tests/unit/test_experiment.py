@@ -178,3 +178,32 @@ def test_a_short_training_run_and_the_mi_table(tiny_experiment):
     table = exp.evaluate()
     assert list(table.columns) == ["encoder", "landmark", "mi", "std_error"]
     assert len(table) == 4 and table["std_error"].gt(0).all()
+
+
+def test_experiments_built_in_parallel_threads_get_their_seeded_weights():
+    """The dashboard builds one experiment in a warm-up thread while a page loads another;
+    both must draw exactly the weights their seed gives."""
+    import threading
+
+    from mist_core.data.features import module_fingerprint
+
+    config = preset("demo-cpu", train_size=16, test_size=16, image_size=(40, 32))
+    alone = module_fingerprint(LandmarkExperiment(config).encoders["random_init"])
+    other = config.replace(seed=1)
+    results: list[str] = []
+
+    def build(cfg, out):
+        for _ in range(3):
+            experiment = LandmarkExperiment(cfg)
+            if out is not None:
+                out.append(module_fingerprint(experiment.encoders["random_init"]))
+
+    threads = [
+        threading.Thread(target=build, args=(config, results)),
+        threading.Thread(target=build, args=(other, None)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [alone] * 3

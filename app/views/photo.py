@@ -120,15 +120,12 @@ a, b, c = st.columns(3)
 landmark = a.selectbox(
     "Landmark", list(config.landmarks), format_func=state.landmark_label, key="photo_landmark"
 )
-style = (
-    b.segmented_control(
-        "Show",
-        ["regions", "heatmap"],
-        default="regions",
-        format_func={"regions": "Credible regions", "heatmap": "Heat map"}.get,
-        key="photo_style",
-    )
-    or "regions"
+style = b.radio(
+    "Show",
+    ["regions", "heatmap"],
+    format_func={"regions": "50% / 90% regions", "heatmap": "Heat map"}.get,
+    key="photo_style",
+    horizontal=True,
 )
 best = c.selectbox(
     "Network for the positions on your photo",

@@ -48,15 +48,12 @@ left, middle, right = st.columns([2, 2, 3])
 landmark = left.selectbox(
     "Landmark", list(config.landmarks), format_func=state.landmark_label, key="post_landmark"
 )
-style = (
-    middle.segmented_control(
-        "Show",
-        ["regions", "heatmap"],
-        default="regions",
-        format_func={"regions": "Credible regions", "heatmap": "Heat map"}.get,
-        key="post_style",
-    )
-    or "regions"
+style = middle.radio(
+    "Show",
+    ["regions", "heatmap"],
+    format_func={"regions": "50% / 90% regions", "heatmap": "Heat map"}.get,
+    key="post_style",
+    horizontal=True,
 )
 index = right.number_input(
     f"Face number (0 to {len(images) - 1}, test faces)", 0, len(images) - 1, 0, key="post_index"
