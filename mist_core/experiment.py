@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from mist_core import distributed
+from mist_core._rng import seeded
 from mist_core.data.celeba import CelebALandmarks
 from mist_core.data.features import FeatureCache, WithFeatures, module_fingerprint
 from mist_core.data.landmarks import LANDMARKS
@@ -68,8 +69,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DATASETS = ("synthetic", "celeba")
-#: Held while an experiment draws its random initial weights (see LandmarkExperiment).
-_BUILD_LOCK = threading.Lock()
 #: The seed notebook's three representations.
 REPRESENTATIONS = ("random_init", "pretrained", "finetuned")
 #: Estimators that can be built per (encoder, landmark) pair from a density over y.
@@ -234,7 +233,11 @@ class _Preloaded(Dataset):
         self, dataset: Dataset, image_size: tuple[int, int], batch_size: int = 64
     ) -> None:
         images, targets = [], {}
-        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        # every DataLoader here gets its own generator: an iterator draws its base seed from
+        # it, and must not draw from torch's global one while another thread seeds that
+        for batch in DataLoader(
+            dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator()
+        ):
             images.append(resize_images(batch["image"], image_size))
             for name, value in batch.items():
                 if name != "image":
@@ -291,8 +294,7 @@ class LandmarkExperiment:
         # Random weights come from torch's global generator: seed it and draw them with no
         # other thread building an experiment at the same time (a dashboard warms one up in
         # the background while a page loads another; interleaved draws would change both).
-        with _BUILD_LOCK:
-            torch.manual_seed(config.seed)
+        with seeded(config.seed):
             self.encoders = {
                 name: build_encoder(ENCODER_PRESETS[name], image_size=config.image_size)
                 for name in config.encoders
@@ -503,6 +505,7 @@ class LandmarkExperiment:
                 batch_size=self.config.batch_size // world,
                 sampler=sampler,
                 num_workers=workers,
+                generator=torch.Generator().manual_seed(self.config.seed),
             )
         return DataLoader(
             dataset,

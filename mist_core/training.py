@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, random_split
 
 from mist_core import distributed
+from mist_core._rng import GLOBAL_RNG_LOCK, seeded
 from mist_core.estimators import ESTIMATORS, build_estimator
 
 __all__ = [
@@ -164,7 +165,11 @@ def _check_data(data: Any) -> None:
 def _loader(data: Data, batch_size: int, shuffle: bool, seed: int | None) -> Iterable:
     _check_data(data)
     if _is_tensor_data(data):
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        generator = torch.Generator()  # never torch's global one (see experiment.py)
+        if seed is None:
+            generator.seed()  # a fresh random order
+        else:
+            generator.manual_seed(seed)
         return DataLoader(
             _as_dataset(data), batch_size=batch_size, shuffle=shuffle, generator=generator
         )
@@ -202,7 +207,9 @@ def _split_validation(
         dataset, [len(dataset) - n_valid, n_valid], generator=generator
     )
     train = DataLoader(train_set, shuffle=True, generator=generator, **kwargs)
-    valid = DataLoader(valid_set, shuffle=False, **{**kwargs, "drop_last": False})
+    valid = DataLoader(
+        valid_set, shuffle=False, generator=torch.Generator(), **{**kwargs, "drop_last": False}
+    )
     return train, valid
 
 
@@ -393,7 +400,8 @@ def train_mi_estimator(
             f"{type(estimator).__name__} is not an MI estimator (no batch_terms method)"
         )
     if seed is not None:
-        torch.manual_seed(seed)
+        with GLOBAL_RNG_LOCK:  # not in the middle of another thread's seeded build
+            torch.manual_seed(seed)
 
     device = resolve_device(device)
     estimator.to(device)
@@ -646,8 +654,8 @@ def estimate_mi(
 
     if hidden_dims is not None:
         options["hidden_dims"] = list(hidden_dims)
-    torch.manual_seed(seed)
-    model = build_estimator(estimator, x_t.shape[1], y_t.shape[1], **options)
+    with seeded(seed):
+        model = build_estimator(estimator, x_t.shape[1], y_t.shape[1], **options)
     log = train_mi_estimator(
         model,
         (x_train, y_train),

@@ -53,7 +53,10 @@ def compute_features(
     was_training = encoder.training
     encoder.eval()
     try:
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+        # its own generator: the iterator's base seed must not come from torch's global one
+        loader = DataLoader(
+            dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator()
+        )
         chunks = [encoder(batch[key].to(device)).float().cpu() for batch in loader]
     finally:
         encoder.train(was_training)

@@ -207,3 +207,29 @@ def test_experiments_built_in_parallel_threads_get_their_seeded_weights():
     for thread in threads:
         thread.join()
     assert results == [alone] * 3
+
+
+def test_preparing_and_training_leave_torchs_global_generator_alone():
+    """Background threads (warm-up, jobs) must not draw from the generator that another
+    thread has just seeded to initialise an experiment's weights: preparing and evaluating
+    never touch it, and training only seeds it (under the lock) and draws nothing."""
+    config = preset(
+        "demo-cpu",
+        train_size=16,
+        test_size=8,
+        image_size=(40, 32),
+        batch_size=8,
+        epochs=1,
+        valid_fraction=0.25,
+    )
+    experiment = LandmarkExperiment(config)
+    before = torch.get_rng_state()
+    experiment.prepare()
+    experiment.evaluate()
+    assert torch.equal(torch.get_rng_state(), before)
+    experiment.train()
+    torch.manual_seed(config.seed)
+    seeded_state = torch.get_rng_state()
+    torch.set_rng_state(before)
+    experiment.train()
+    assert torch.equal(torch.get_rng_state(), seeded_state)
