@@ -147,10 +147,12 @@ def posterior_figure(
     style: str = "regions",
     title: str = "",
     height_px: int = 330,
+    window: tuple[float, float, float] | None = None,
 ) -> go.Figure:
     """``image`` ``[H, W, 3] uint8`` with the posterior over it: its 50% and 90% highest-
     density regions (``style="regions"``) or the density as a heat map (``"heatmap"``); the
-    true landmark (green cross) and the most likely pixel (white dot)."""
+    true landmark (green cross) and the most likely pixel (white dot). ``window`` = (x, y,
+    half-size) in pixels shows only that square."""
     fig = image_figure(image, title=title, height_px=height_px)
     h, w = posterior.log_prob.shape
     xs, ys = np.arange(w) + 0.5, np.arange(h) + 0.5
@@ -197,6 +199,10 @@ def posterior_figure(
                 hovertemplate="true position (%{x:.1f}, %{y:.1f})<extra></extra>",
             )
         )
+    if window is not None:  # (x, y, half-size): zoom on the landmark
+        cx, cy, half = window
+        fig.update_xaxes(range=[cx - half, cx + half])
+        fig.update_yaxes(range=[cy + half, cy - half])
     fig.add_trace(
         go.Scatter(
             x=[posterior.mode[0]],
@@ -211,32 +217,47 @@ def posterior_figure(
     return fig
 
 
+LANDMARK_COLOURS = {
+    "left_eye": "#00e5ff",
+    "right_eye": "#2979ff",
+    "nose": "#ffea00",
+    "left_mouth": "#ff4081",
+    "right_mouth": "#d500f9",
+}
+
+
 def landmarks_on_photo(
     image: np.ndarray,
     points: Mapping[str, tuple[float, float]],
     *,
     title: str = "",
-    height_px: int = 420,
+    height_px: int = 480,
+    view: tuple[float, float, float, float] | None = None,
 ) -> go.Figure:
-    """The photo with one labelled marker per landmark, ``points`` in photo pixels."""
+    """The photo with one marker per landmark (``points`` in photo pixels), named in the
+    legend; ``view`` = (x0, y0, x1, y1) shows only that part of the photo."""
     fig = image_figure(image, title=title, height_px=height_px)
-    size = max(8, int(0.012 * max(image.shape[:2])))
     for name, (x, y) in points.items():
         fig.add_trace(
             go.Scatter(
                 x=[x],
                 y=[y],
-                mode="markers+text",
-                text=[landmark_label(name)],
-                textposition="top center",
-                textfont=dict(color="white", size=12),
+                mode="markers",
                 marker=dict(
-                    size=min(size, 16), color="#00e5ff", line=dict(color="black", width=1)
+                    size=11,
+                    symbol="circle",
+                    color=LANDMARK_COLOURS.get(name, "#00e5ff"),
+                    line=dict(color="black", width=1.5),
                 ),
                 name=landmark_label(name),
-                showlegend=False,
+                hovertemplate=f"{landmark_label(name)} (%{{x:.0f}}, %{{y:.0f}})<extra></extra>",
             )
         )
+    if view is not None:
+        x0, y0, x1, y1 = view
+        fig.update_xaxes(range=[x0, x1])
+        fig.update_yaxes(range=[y1, y0])
+    fig.update_layout(showlegend=True, legend=dict(orientation="v", x=1.02, y=1))
     return fig
 
 

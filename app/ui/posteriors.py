@@ -48,10 +48,21 @@ def maps_for(
 
 
 def show_maps(
-    image: np.ndarray, maps: list[PosteriorMap], *, style: str, key: str, per_row: int = 4
+    image: np.ndarray,
+    maps: list[PosteriorMap],
+    *,
+    style: str,
+    key: str,
+    per_row: int = 4,
+    zoom: bool = False,
 ) -> None:
-    """One figure per map (the marginal first), with the pointwise MI under each."""
+    """One figure per map (the marginal first), with the pointwise MI under each; ``zoom``
+    shows a 64-pixel square around the true position (else the average face's best guess)."""
     per_row = max(2, min(per_row, len(maps)))
+    window = None
+    if zoom and maps:
+        centre = maps[0].truth if maps[0].truth is not None else maps[0].mode
+        window = (centre[0], centre[1], 32.0)
     for start in range(0, len(maps), per_row):
         row = maps[start : start + per_row]
         for column, pmap in zip(st.columns(per_row), row, strict=False):
@@ -61,7 +72,9 @@ def show_maps(
                 else:
                     title = state.encoder_label(pmap.encoder).split(" (")[0]
                 st.plotly_chart(
-                    charts.posterior_figure(image, pmap, style=style, title=title, height_px=440),
+                    charts.posterior_figure(
+                        image, pmap, style=style, title=title, height_px=440, window=window
+                    ),
                     key=f"{key}_{start}_{pmap.encoder}",
                     width="stretch",
                     config={"displayModeBar": False},

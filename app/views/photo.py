@@ -101,6 +101,19 @@ with right:
     st.plotly_chart(fig, key="photo_aligned", width="stretch")
     st.caption("Magenta circles: where the landmarks sit on an average training face.")
 
+
+def _around(corners: np.ndarray, shape: tuple[int, ...]) -> tuple[float, float, float, float]:
+    """The crop's bounding box with a margin, within the photo: what to show of it."""
+    (x0, y0), (x1, y1) = corners.min(axis=0), corners.max(axis=0)
+    margin = 0.25 * max(x1 - x0, y1 - y0)
+    return (
+        max(0.0, x0 - margin),
+        max(0.0, y0 - margin),
+        min(float(shape[1]), x1 + margin),
+        min(float(shape[0]), y1 + margin),
+    )
+
+
 st.subheader("What the networks see in it")
 runs = [info for info in state.runs_with_checkpoint() if info.config is not None]
 runs = [info for info in runs if info.config.dataset in ("synthetic", "celeba")]
@@ -127,6 +140,7 @@ style = b.radio(
     key="photo_style",
     horizontal=True,
 )
+zoom_in = b.toggle("Zoom in on the landmark", value=True, key="photo_zoom")
 best = c.selectbox(
     "Network for the positions on your photo",
     list(config.encoders),
@@ -137,7 +151,7 @@ best = c.selectbox(
 
 key = posteriors.image_key(aligned)
 maps, seconds = posteriors.maps_for(info.name, step, key, aligned, landmark, None, None)
-posteriors.show_maps(aligned, maps, style=style, key="photo_maps")
+posteriors.show_maps(aligned, maps, style=style, key="photo_maps", zoom=zoom_in)
 st.caption(f"{len(maps)} densities over every pixel in {seconds:.2f} s.")
 
 modes = {}
@@ -150,7 +164,9 @@ st.plotly_chart(
     charts.landmarks_on_photo(
         photo.image,
         on_photo,
-        title=f"Most likely positions, by {state.encoder_label(best).split(' (')[0]}",
+        title=f"Most likely positions on your photo, by "
+        f"{state.encoder_label(best).split(' (')[0]}",
+        view=_around(corners, photo.image.shape),
     ),
     key="photo_modes",
     width="stretch",

@@ -55,6 +55,7 @@ style = middle.radio(
     key="post_style",
     horizontal=True,
 )
+zoom = middle.toggle("Zoom in on the landmark", value=True, key="post_zoom")
 index = right.number_input(
     f"Face number (0 to {len(images) - 1}, test faces)", 0, len(images) - 1, 0, key="post_index"
 )
@@ -72,7 +73,7 @@ item = images[int(index)]
 image = _uint8(item["image"])
 truth = tuple(float(v) for v in item[landmark])
 maps, seconds = posteriors.maps_for(info.name, step, f"test-{index}", image, landmark, truth, None)
-posteriors.show_maps(image, maps, style=style, key="post")
+posteriors.show_maps(image, maps, style=style, key="post", zoom=zoom)
 st.caption(
     f"Face {index} of the test set, {image.shape[1]} x {image.shape[0]} pixels; "
     f"{len(maps)} densities evaluated at every pixel in {seconds:.2f} s."
