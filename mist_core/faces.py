@@ -187,8 +187,7 @@ def _sniff_format(data: bytes) -> str:
             "Please upload a photo saved as JPEG or PNG."
         )
     raise PhotoError(
-        f"This file is not a JPEG or PNG image (it looks like {what}). "
-        f"Please upload a photo. {_CONVERT_HINT}"
+        f"This file is not a JPEG or PNG image (it looks like {what}). {_CONVERT_HINT}"
     )
 
 

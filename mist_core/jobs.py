@@ -426,7 +426,8 @@ class JobRegistry:
         self._data: OrderedDict[str, dict] = OrderedDict()
         self._data_locks: dict[str, threading.Lock] = {}
 
-    def _data_key(self, config: ExperimentConfig) -> str:
+    def data_key(self, config: ExperimentConfig) -> str:
+        """Identifies the images a config trains and tests on (what :meth:`prepare` keeps)."""
         c = config
         root = str(Path(c.celeba_root).resolve()) if c.celeba_root else ""
         return json.dumps(
@@ -436,7 +437,7 @@ class JobRegistry:
     def prepared_data(self, config: ExperimentConfig) -> dict | None:
         """The images of ``config`` if :meth:`prepare` (or an earlier job) made them, else
         ``None``; waits while another thread is preparing them."""
-        key = self._data_key(config)
+        key = self.data_key(config)
         with self._lock:
             lock = self._data_locks.get(key)
         if lock is None:
@@ -448,13 +449,13 @@ class JobRegistry:
     def is_prepared(self, config: ExperimentConfig) -> bool:
         """Whether ``config``'s images are ready in memory (never waits)."""
         with self._lock:
-            return self._data_key(config) in self._data
+            return self.data_key(config) in self._data
 
     def prepare(self, config: ExperimentConfig) -> None:
         """Draw or load ``config``'s images and compute its frozen encoders' features now, so
         that a job started later with the same data begins training at once. Thread-safe;
         concurrent calls for the same data do the work once."""
-        key = self._data_key(config)
+        key = self.data_key(config)
         with self._lock:
             lock = self._data_locks.setdefault(key, threading.Lock())
         with lock:

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 RUNS_DIR = Path(os.environ.get("MIST_RUNS_DIR", "runs"))
 #: The demo a person gets by pressing Start without changing anything.
 DEFAULT_PRESET = os.environ.get("MIST_DEFAULT_PRESET", "demo-cpu")
+#: Draw the default demo's faces when the server starts (tests switch it off: MIST_WARM_UP=0).
+WARM_UP = os.environ.get("MIST_WARM_UP", "1") != "0"
 
 ENCODER_LABELS = {
     "random_init": "Random init (frozen)",
@@ -67,7 +69,7 @@ def registry() -> JobRegistry:
     """The job registry of this server process; draws the default demo's faces at once, in
     the background, so that Start begins training without waiting for them."""
     jobs = JobRegistry(RunStore(RUNS_DIR))
-    if os.environ.get("MIST_WARM_UP", "1") != "0":  # tests switch it off
+    if WARM_UP:
         threading.Thread(
             target=_warm_up, args=(jobs, default_config()), name="mist-warm-up", daemon=True
         ).start()

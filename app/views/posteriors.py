@@ -56,8 +56,10 @@ style = middle.radio(
     horizontal=True,
 )
 zoom = middle.toggle("Zoom in on the landmark", value=True, key="post_zoom")
+if st.session_state.get("post_index", 0) >= len(images):  # another run has fewer faces
+    st.session_state["post_index"] = 0
 index = right.number_input(
-    f"Face number (0 to {len(images) - 1}, test faces)", 0, len(images) - 1, 0, key="post_index"
+    f"Face number (0 to {len(images) - 1}, test faces)", 0, len(images) - 1, key="post_index"
 )
 
 with st.expander("Pick a face from the gallery", expanded=True):
@@ -65,9 +67,13 @@ with st.expander("Pick a face from the gallery", expanded=True):
     columns = st.columns(len(thumbs))
     for i, (column, thumb) in enumerate(zip(columns, thumbs, strict=True)):
         column.image(thumb, caption=f"Face {i}", width="stretch")
-        if column.button("Show", key=f"thumb_{i}", width="stretch"):
-            st.session_state["post_index"] = i
-            st.rerun()
+        column.button(  # a callback: the index input above is already drawn this run
+            "Show",
+            key=f"thumb_{i}",
+            width="stretch",
+            on_click=st.session_state.update,
+            kwargs={"post_index": i},
+        )
 
 item = images[int(index)]
 image = _uint8(item["image"])

@@ -195,7 +195,9 @@ if stop_col.button("Stop", disabled=not busy, width="stretch", key="stop"):
 if problem:
     status_col.warning(problem)
 elif not busy and config is not None and not registry.is_prepared(config):
-    if config.dataset == "synthetic" and registry.is_prepared(state.default_config()) is False:
+    default = state.default_config()
+    same_faces = registry.data_key(config) == registry.data_key(default)
+    if state.WARM_UP and same_faces and not registry.is_prepared(default):
         status_col.caption(
             "Drawing the demo's faces in the background… Start now and training begins as "
             "soon as they are ready."
@@ -207,7 +209,9 @@ elif not busy and config is not None and not registry.is_prepared(config):
 def _show_progress(snap: JobSnapshot) -> None:
     total = snap.total_steps or 0
     text = f"**{snap.state.value}** · {snap.message}"
-    if total:
+    if total and snap.done:
+        text += f" · step {snap.step}/{total}"
+    elif total:
         text += (
             f" · epoch {snap.epoch + 1}/{snap.config.epochs} · step {snap.step}/{total}"
             f" · {snap.samples_per_s or 0:.0f} images/s · time left {_format_seconds(snap.eta_s)}"
@@ -218,16 +222,18 @@ def _show_progress(snap: JobSnapshot) -> None:
 def _show_curves(snap: JobSnapshot) -> None:
     encoders, landmarks = list(snap.config.encoders), list(snap.config.landmarks)
     pick_e, pick_l = st.columns(2)
-    shown_e = pick_e.multiselect(
+    shown_e = pick_e.pills(
         "Show networks",
         encoders,
+        selection_mode="multi",
         default=encoders,
         format_func=state.encoder_label,
         key="curve_encoders",
     )
-    shown_l = pick_l.multiselect(
+    shown_l = pick_l.pills(
         "Show landmarks",
         landmarks,
+        selection_mode="multi",
         default=landmarks,
         format_func=state.landmark_label,
         key="curve_landmarks",
@@ -267,7 +273,10 @@ def _show_result(snap: JobSnapshot) -> None:
         )
         st.plotly_chart(charts.mi_bars(table), key="final_bars", width="stretch")
     elif snap.state.value == "stopped":
-        st.info(f"Stopped. {snap.message}. Run **{snap.run_name}** keeps its checkpoint.")
+        st.info(
+            f"{snap.message[:1].upper()}{snap.message[1:]}. Run **{snap.run_name}** keeps its "
+            "checkpoint: its posteriors can be looked at now."
+        )
 
 
 def live() -> None:
