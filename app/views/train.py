@@ -221,7 +221,7 @@ def _show_progress(snap: JobSnapshot) -> None:
 
 def _show_curves(snap: JobSnapshot) -> None:
     encoders, landmarks = list(snap.config.encoders), list(snap.config.landmarks)
-    pick_e, pick_l = st.columns(2)
+    pick_e, pick_l = st.container(), st.container()
     shown_e = pick_e.pills(
         "Show networks",
         encoders,
