@@ -31,8 +31,10 @@ if st.query_params.get("job") and job is None:
     )
 
 PRESET_HELP = {
-    "demo-cpu": "Quick demo: built-in drawn faces, 2,000 small images, 6 epochs "
-    "(about 2-4 minutes on a laptop CPU).",
+    "demo": "Quick demo: built-in drawn faces, 1,000 small images, 10 epochs "
+    "(about 3 minutes on a laptop CPU).",
+    "demo-cpu": "Fuller demo: built-in drawn faces, 2,000 small images, 6 epochs "
+    "(about 4 minutes on a laptop CPU).",
     "seed": "The seed notebook's experiment: CelebA at full size, 20 epochs (hours; for a GPU).",
 }
 

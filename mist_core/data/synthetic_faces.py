@@ -64,7 +64,13 @@ the other core's work competes for it)::
 
 from __future__ import annotations
 
+import logging
 import math
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +78,8 @@ import torch
 from torch.utils.data import Dataset
 
 from mist_core.data.landmarks import LANDMARKS
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["LANDMARKS", "SyntheticFaces", "render_face"]
 
@@ -1154,6 +1162,40 @@ class SyntheticFaces(Dataset):
     def render(self, index: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Item ``index`` as ``render_face`` returns it: uint8 ``[H, W, 3]`` and landmarks."""
         return render_face(self.params(index))
+
+    def render_many(
+        self, indices: Sequence[int], workers: int | None = None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Items ``indices`` at once: uint8 images ``[N, H, W, 3]`` and ``{name: [N, 2]}``.
+
+        Drawing is numpy code that holds the GIL, so threads do not help; with ``workers``
+        > 1 (default: one per CPU core for 256 items or more) the items are drawn in forked
+        worker processes, which is as many times faster on an idle machine. Falls back to
+        drawing here when processes cannot be forked. The result is the same either way.
+        """
+        indices = [self._index(i) for i in indices]
+        if workers is None:
+            workers = (os.cpu_count() or 1) if len(indices) >= 256 else 1
+        drawn: list[tuple[np.ndarray, dict[str, np.ndarray]]] | None = None
+        if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+            try:
+                context = multiprocessing.get_context("fork")
+                with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                    chunk = max(1, len(indices) // (8 * workers))
+                    drawn = list(pool.map(self.render, indices, chunksize=chunk))
+            except (OSError, BrokenProcessPool) as error:
+                logger.warning("drawing faces in this process (no worker processes: %s)", error)
+        if drawn is None:
+            drawn = [self.render(i) for i in indices]
+        height, width = self.image_size
+        images = np.empty((len(drawn), height, width, 3), dtype=np.uint8)
+        for k, (image, _) in enumerate(drawn):
+            images[k] = image
+        landmarks = {
+            name: np.array([marks[name] for _, marks in drawn], dtype=np.float64).reshape(-1, 2)
+            for name in LANDMARKS
+        }
+        return images, landmarks
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image, landmarks = self.render(index)

@@ -233,3 +233,17 @@ def test_preparing_and_training_leave_torchs_global_generator_alone():
     torch.set_rng_state(before)
     experiment.train()
     assert torch.equal(torch.get_rng_state(), seeded_state)
+
+
+def test_drawing_faces_in_worker_processes_gives_the_same_preloaded_images():
+    from torch.utils.data import Subset
+
+    from mist_core.experiment import _Preloaded
+
+    faces = SyntheticFaces(260, seed=3)
+    fast = _Preloaded(faces, (40, 32), batch_size=64)  # >= 256 items: worker processes
+    plain = _Preloaded(Subset(faces, range(260)), (40, 32), batch_size=64)  # item by item
+    assert torch.equal(fast.images, plain.images)
+    assert fast.targets.keys() == plain.targets.keys()
+    for name in plain.targets:
+        assert torch.equal(fast.targets[name], plain.targets[name])
