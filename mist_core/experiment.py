@@ -198,12 +198,12 @@ PRESETS: dict[str, ExperimentConfig] = {
     # it finishes in about three minutes on a 2-core laptop CPU.
     "demo": ExperimentConfig(
         dataset="synthetic",
-        train_size=1000,
-        test_size=250,
+        train_size=1600,
+        test_size=400,
         image_size=(64, 52),
         encoders=("random_init", "trained"),
         batch_size=64,
-        epochs=10,
+        epochs=6,
         lr=1e-3,
     ),
     "demo-cpu": ExperimentConfig(

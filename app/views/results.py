@@ -13,7 +13,9 @@ st.markdown(
     "Each bar is how much one network's representation tells about where one landmark is, "
     "measured on test faces the models never saw during training (in nats; the thin lines "
     "are ± one standard error). Taller bars: the network can point at that landmark more "
-    "sharply."
+    "sharply. A bar slightly below zero means the same as zero: the network's numbers did "
+    "not help on new faces (the estimate has noise, and a model fitted to the training "
+    "faces can do a little worse than the average-face guess)."
 )
 
 runs = state.runs_with_results()

@@ -31,7 +31,7 @@ if st.query_params.get("job") and job is None:
     )
 
 PRESET_HELP = {
-    "demo": "Quick demo: built-in drawn faces, 1,000 small images, 10 epochs "
+    "demo": "Quick demo: built-in drawn faces, 1,600 small images, 6 epochs "
     "(about 3 minutes on a laptop CPU).",
     "demo-cpu": "Fuller demo: built-in drawn faces, 2,000 small images, 6 epochs "
     "(about 4 minutes on a laptop CPU).",
