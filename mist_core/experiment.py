@@ -190,22 +190,10 @@ class ExperimentConfig:
         return dataclasses.replace(self, **changes)
 
 
-#: Ready-made configs. ``demo`` and ``demo-cpu`` need nothing but this package (``demo`` is
-#: the dashboard's quick default, ``demo-cpu`` the fuller command-line run); ``seed`` is the
+#: Ready-made configs. ``demo-cpu`` (the dashboard's default) needs nothing but this
+#: package; ``seed`` is the
 #: notebook's experiment (CelebA at full resolution, ImageNet weights, 20 epochs on a GPU).
 PRESETS: dict[str, ExperimentConfig] = {
-    # The dashboard's default: small enough that its faces are drawn in seconds and that
-    # it finishes in about three minutes on a 2-core laptop CPU.
-    "demo": ExperimentConfig(
-        dataset="synthetic",
-        train_size=1600,
-        test_size=400,
-        image_size=(64, 52),
-        encoders=("random_init", "trained"),
-        batch_size=64,
-        epochs=6,
-        lr=1e-3,
-    ),
     "demo-cpu": ExperimentConfig(
         dataset="synthetic",
         train_size=2000,

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 #: Where runs are written; ``MIST_RUNS_DIR`` overrides (tests use a temporary folder).
 RUNS_DIR = Path(os.environ.get("MIST_RUNS_DIR", "runs"))
 #: The demo a person gets by pressing Start without changing anything.
-DEFAULT_PRESET = os.environ.get("MIST_DEFAULT_PRESET", "demo")
+DEFAULT_PRESET = os.environ.get("MIST_DEFAULT_PRESET", "demo-cpu")
 #: Draw the default demo's faces when the server starts (tests switch it off: MIST_WARM_UP=0).
 WARM_UP = os.environ.get("MIST_WARM_UP", "1") != "0"
 

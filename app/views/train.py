@@ -31,10 +31,8 @@ if st.query_params.get("job") and job is None:
     )
 
 PRESET_HELP = {
-    "demo": "Quick demo: built-in drawn faces, 1,600 small images, 6 epochs "
-    "(about 3 minutes on a laptop CPU).",
-    "demo-cpu": "Fuller demo: built-in drawn faces, 2,000 small images, 6 epochs "
-    "(about 4 minutes on a laptop CPU).",
+    "demo-cpu": "The demo: built-in drawn faces, 2,000 small images for training and 500 "
+    "for the test, 6 epochs (about 3-4 minutes on a laptop CPU).",
     "seed": "The seed notebook's experiment: CelebA at full size, 20 epochs (hours; for a GPU).",
 }
 

@@ -53,7 +53,7 @@ def test_train_page_defaults(empty_runs):
     at = open_page()
     assert at.selectbox[0].label == "Preset" or any(s.label == "Preset" for s in at.selectbox)
     preset_box = next(s for s in at.selectbox if s.label == "Preset")
-    assert preset_box.value == "demo"
+    assert preset_box.value == "demo-cpu"
     assert not at.button(key="start").disabled
     assert at.button(key="stop").disabled
     assert "Nothing is training yet" in texts(at.caption)
