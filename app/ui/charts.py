@@ -7,11 +7,14 @@ Image coordinates follow ``mist_core``: x to the right, y downward, the centre o
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from PIL import Image
 
 from mist_core.posterior import PosteriorMap
 
@@ -133,10 +136,37 @@ def _image_axes(fig: go.Figure, height: int, width: int) -> None:
     )
 
 
+#: Images are sent to the browser as PNG/JPEG at most this many pixels on a side.
+MAX_SHOWN_SIDE = 900
+
+
+def _data_uri(image: np.ndarray) -> str:
+    """The image as a compressed data URI (a JSON array of every pixel is megabytes)."""
+    picture = Image.fromarray(image)
+    buffer = io.BytesIO()
+    if max(image.shape[:2]) > 400:
+        picture.save(buffer, format="JPEG", quality=88)
+        kind = "jpeg"
+    else:
+        picture.save(buffer, format="PNG")
+        kind = "png"
+    return f"data:image/{kind};base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
 def image_figure(image: np.ndarray, *, title: str = "", height_px: int = 330) -> go.Figure:
-    """An RGB image ``[H, W, 3] uint8`` with pixel (i, j) centred at (j + 0.5, i + 0.5)."""
-    fig = go.Figure(go.Image(z=image, x0=0.5, y0=0.5, dx=1, dy=1, hoverinfo="skip"))
-    _image_axes(fig, image.shape[0], image.shape[1])
+    """An RGB image ``[H, W, 3] uint8`` with pixel (i, j) centred at (j + 0.5, i + 0.5);
+    large photos are shown downscaled, in the same coordinates."""
+    height, width = image.shape[:2]
+    shown = image
+    step = max(height, width) / MAX_SHOWN_SIDE
+    if step > 1:
+        size = (max(1, round(width / step)), max(1, round(height / step)))
+        shown = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+    dx, dy = width / shown.shape[1], height / shown.shape[0]
+    fig = go.Figure(
+        go.Image(source=_data_uri(shown), x0=dx / 2, y0=dy / 2, dx=dx, dy=dy, hoverinfo="skip")
+    )
+    _image_axes(fig, height, width)
     return _layout(fig, title=dict(text=title, font=dict(size=14)), height=height_px)
 
 
