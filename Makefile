@@ -16,7 +16,7 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)
 
 app: setup
-	$(PY) -m streamlit run app/main.py
+	$(PY) app/serve.py
 
 test: setup
 	bash tests/e2e/install_chromium.sh

@@ -263,6 +263,28 @@ class _Preloaded(Dataset):
         return {"image": self.images[index], **{k: v[index] for k, v in self.targets.items()}}
 
 
+class _OnFirstUse(Dataset):
+    """A dataset built the first time an item is asked for (thread-safe); its length is
+    known before."""
+
+    def __init__(self, build: Callable[[], Dataset], length: int) -> None:
+        self._build, self._length = build, length
+        self._dataset: Dataset | None = None
+        self._lock = threading.Lock()
+
+    def dataset(self) -> Dataset:
+        with self._lock:
+            if self._dataset is None:
+                self._dataset = self._build()
+            return self._dataset
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return self.dataset()[index]
+
+
 def resize_images(images: Tensor, image_size: tuple[int, int]) -> Tensor:
     """``[B, 3, H, W] -> [B, 3, *image_size]``, as the encoders resize (bilinear, antialiased)."""
     if tuple(images.shape[-2:]) == tuple(image_size):
@@ -420,7 +442,9 @@ class LandmarkExperiment:
         train, test = self.source_images("train"), self.source_images("test")
         if c.preload:
             train = _Preloaded(train, c.image_size, c.batch_size)
-            test = _Preloaded(test, c.image_size, c.batch_size)
+            # the test images are needed only at the end: made on first use
+            source = test
+            test = _OnFirstUse(lambda: _Preloaded(source, c.image_size, c.batch_size), len(test))
         return {"train": train, "test": test}
 
     def fingerprint(self, split: str) -> str:
@@ -434,11 +458,12 @@ class LandmarkExperiment:
         )
         return f"{source}|{sizes}|{split}|{tuple(c.image_size)}"
 
-    def prepare(self) -> None:
-        """Make the images and the frozen encoders' features now (training does it anyway;
-        this lets a caller do it ahead of time, e.g. while a person reads the page)."""
+    def prepare(self, splits: Sequence[str] = ("train", "test")) -> None:
+        """Make the images and the frozen encoders' features of ``splits`` now (training
+        does it anyway; this lets a caller do it ahead of time, e.g. while a person reads
+        the page)."""
         self.datasets()
-        for split in ("train", "test"):
+        for split in splits:
             self._features(split)
 
     def _features(self, split: str) -> dict[str, Tensor]:

@@ -34,7 +34,7 @@ from mist_core.experiment import ExperimentConfig, LandmarkExperiment
 from mist_core.runs import Run, RunStatus, RunStore
 from mist_core.training import Progress, ResumeFrom, TrainState
 
-__all__ = ["Job", "JobRegistry", "JobSnapshot", "JobState", "environment"]
+__all__ = ["Job", "JobRegistry", "JobSnapshot", "JobState", "PreparedImages", "environment"]
 
 logger = logging.getLogger(__name__)
 
@@ -406,37 +406,33 @@ class Job:
             raise RuntimeError(f"could not save a checkpoint: {error}") from error
 
 
-class JobRegistry:
-    """The process-wide set of jobs: submit, find, list, cancel, shut down.
+class PreparedImages:
+    """Images (and frozen features) drawn or loaded ahead of the jobs that will use them.
 
-    Args:
-        store: the run store (or its root folder) every job writes to.
-        feature_cache: shared by all jobs, so frozen features computed once are reused.
-
-    At most one job runs per device; later ones wait in the ``queued`` state.
+    Keeps the most recent few image sets in memory, keyed by what defines the images;
+    several registries, or a warm-up started before any registry exists, can share one.
+    Thread-safe: concurrent :meth:`prepare` calls for the same images do the work once.
     """
 
-    def __init__(self, store: RunStore | str | Path = "runs", feature_cache=None) -> None:
-        self.store = store if isinstance(store, RunStore) else RunStore(store)
+    def __init__(self, feature_cache: FeatureCache | None = None) -> None:
         self.feature_cache = feature_cache if feature_cache is not None else FeatureCache()
-        self._jobs: dict[str, Job] = {}
-        self._slots: dict[str, threading.Semaphore] = {}
         self._lock = threading.Lock()
-        #: Prepared images per data fingerprint (the most recent few), each with its lock.
         self._data: OrderedDict[str, dict] = OrderedDict()
+        self._ready: set[str] = set()
         self._data_locks: dict[str, threading.Lock] = {}
 
-    def data_key(self, config: ExperimentConfig) -> str:
-        """Identifies the images a config trains and tests on (what :meth:`prepare` keeps)."""
+    @staticmethod
+    def data_key(config: ExperimentConfig) -> str:
+        """Identifies the images a config trains and tests on."""
         c = config
         root = str(Path(c.celeba_root).resolve()) if c.celeba_root else ""
         return json.dumps(
             [c.dataset, root, c.train_size, c.test_size, c.seed, list(c.image_size), c.preload]
         )
 
-    def prepared_data(self, config: ExperimentConfig) -> dict | None:
-        """The images of ``config`` if :meth:`prepare` (or an earlier job) made them, else
-        ``None``; waits while another thread is preparing them."""
+    def get(self, config: ExperimentConfig) -> dict | None:
+        """The images of ``config`` if they were prepared, else ``None``; waits while
+        another thread is preparing them."""
         key = self.data_key(config)
         with self._lock:
             lock = self._data_locks.get(key)
@@ -446,15 +442,13 @@ class JobRegistry:
             with self._lock:
                 return self._data.get(key)
 
-    def is_prepared(self, config: ExperimentConfig) -> bool:
-        """Whether ``config``'s images are ready in memory (never waits)."""
+    def ready(self, config: ExperimentConfig) -> bool:
+        """Whether ``config``'s images and features are ready (never waits)."""
         with self._lock:
-            return self.data_key(config) in self._data
+            return self.data_key(config) in self._ready
 
     def prepare(self, config: ExperimentConfig) -> None:
-        """Draw or load ``config``'s images and compute its frozen encoders' features now, so
-        that a job started later with the same data begins training at once. Thread-safe;
-        concurrent calls for the same data do the work once."""
+        """Draw or load ``config``'s images and compute its frozen encoders' features now."""
         key = self.data_key(config)
         with self._lock:
             lock = self._data_locks.setdefault(key, threading.Lock())
@@ -463,13 +457,57 @@ class JobRegistry:
                 data = self._data.get(key)
             experiment = LandmarkExperiment(config, cache=self.feature_cache, data=data)
             data = experiment.datasets()
+            experiment.prepare(("train",))  # what training needs first
             with self._lock:
                 self._data[key] = data
                 self._data.move_to_end(key)
+                self._ready.add(key)
                 while len(self._data) > MAX_PREPARED_DATASETS:
                     old, _ = self._data.popitem(last=False)
                     self._data_locks.pop(old, None)
-            experiment.prepare()
+                    self._ready.discard(old)
+        experiment.prepare(("test",))  # a waiting job may train meanwhile
+
+
+class JobRegistry:
+    """The process-wide set of jobs: submit, find, list, cancel, shut down.
+
+    Args:
+        store: the run store (or its root folder) every job writes to.
+        feature_cache: shared by all jobs, so frozen features computed once are reused.
+        prepared: images prepared ahead (see :meth:`prepare`); may be shared with a warm-up
+            that started before this registry. Its feature cache wins over ``feature_cache``.
+
+    At most one job runs per device; later ones wait in the ``queued`` state.
+    """
+
+    def __init__(
+        self,
+        store: RunStore | str | Path = "runs",
+        feature_cache: FeatureCache | None = None,
+        prepared: PreparedImages | None = None,
+    ) -> None:
+        self.store = store if isinstance(store, RunStore) else RunStore(store)
+        self.prepared = prepared if prepared is not None else PreparedImages(feature_cache)
+        self.feature_cache = self.prepared.feature_cache
+        self._jobs: dict[str, Job] = {}
+        self._slots: dict[str, threading.Semaphore] = {}
+        self._lock = threading.Lock()
+
+    def prepared_data(self, config: ExperimentConfig) -> dict | None:
+        """The images of ``config`` if :meth:`prepare` (or an earlier job) made them, else
+        ``None``; waits while another thread is preparing them."""
+        return self.prepared.get(config)
+
+    def is_prepared(self, config: ExperimentConfig) -> bool:
+        """Whether ``config``'s images are ready in memory (never waits)."""
+        return self.prepared.ready(config)
+
+    def prepare(self, config: ExperimentConfig) -> None:
+        """Draw or load ``config``'s images and compute its frozen encoders' features now, so
+        that a job started later with the same data begins training at once. Thread-safe;
+        concurrent calls for the same data do the work once."""
+        self.prepared.prepare(config)
 
     def _device_slot(self, device: str) -> threading.Semaphore:
         with self._lock:

@@ -17,7 +17,7 @@ import torch
 from mist_core.data import LANDMARKS
 from mist_core.encoders import ENCODER_PRESETS, list_encoders
 from mist_core.experiment import ExperimentConfig, LandmarkExperiment, preset
-from mist_core.jobs import Job, JobRegistry
+from mist_core.jobs import Job, JobRegistry, PreparedImages
 from mist_core.runs import RunInfo, RunStatus, RunStore
 
 logger = logging.getLogger(__name__)
@@ -64,23 +64,38 @@ def landmark_label(name: str) -> str:
     return LANDMARK_LABELS.get(name, name)
 
 
-@st.cache_resource(show_spinner=False)
-def registry() -> JobRegistry:
-    """The job registry of this server process; draws the default demo's faces at once, in
-    the background, so that Start begins training without waiting for them."""
-    jobs = JobRegistry(RunStore(RUNS_DIR))
-    if WARM_UP:
-        threading.Thread(
-            target=_warm_up, args=(jobs, default_config()), name="mist-warm-up", daemon=True
-        ).start()
-    return jobs
+#: Images drawn ahead of time, shared by every registry of this process: the warm-up can
+#: start before Streamlit runs any page (``app/serve.py``, which ``make app`` uses).
+PREPARED = PreparedImages()
+_warm_up_lock = threading.Lock()
+_warm_up_started = False
 
 
-def _warm_up(jobs: JobRegistry, config: ExperimentConfig) -> None:
+def warm_up() -> None:
+    """Start drawing the default demo's faces in the background, once per process, so that
+    Start begins training at once. A no-op with ``MIST_WARM_UP=0``."""
+    global _warm_up_started
+    with _warm_up_lock:
+        if _warm_up_started or not WARM_UP:
+            return
+        _warm_up_started = True
+    threading.Thread(
+        target=_prepare_default, args=(default_config(),), name="mist-warm-up", daemon=True
+    ).start()
+
+
+def _prepare_default(config: ExperimentConfig) -> None:
     try:
-        jobs.prepare(config)
+        PREPARED.prepare(config)
     except Exception:  # noqa: BLE001 - a failed warm-up only means the job does the work
         logger.exception("could not prepare the default demo's images ahead of time")
+
+
+@st.cache_resource(show_spinner=False)
+def registry() -> JobRegistry:
+    """The job registry of this server process (every tab and page shares it)."""
+    warm_up()
+    return JobRegistry(RunStore(RUNS_DIR), prepared=PREPARED)
 
 
 def store() -> RunStore:

@@ -8,7 +8,7 @@ from ui import charts, state
 
 from mist_core.data import expected_files
 from mist_core.experiment import PRESETS, preset
-from mist_core.jobs import JobSnapshot
+from mist_core.jobs import JobSnapshot, PreparedImages
 
 st.title("Train")
 st.markdown(
@@ -196,7 +196,7 @@ if problem:
     status_col.warning(problem)
 elif not busy and config is not None and not registry.is_prepared(config):
     default = state.default_config()
-    same_faces = registry.data_key(config) == registry.data_key(default)
+    same_faces = PreparedImages.data_key(config) == PreparedImages.data_key(default)
     if state.WARM_UP and same_faces and not registry.is_prepared(default):
         status_col.caption(
             "Drawing the demo's faces in the background… Start now and training begins as "

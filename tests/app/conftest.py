@@ -67,7 +67,7 @@ def use_runs(monkeypatch):
     def use(folder: Path) -> Path:
         monkeypatch.setattr(state, "RUNS_DIR", Path(folder))
         # Belt and braces with MIST_WARM_UP=0: never draw the default demo's faces.
-        monkeypatch.setattr(state, "_warm_up", lambda *args: None)
+        monkeypatch.setattr(state, "warm_up", lambda: None)
         _clear_caches()
         return Path(folder)
 

@@ -1,5 +1,5 @@
-"""End-to-end fixtures: a real ``streamlit run app/main.py`` server on a free port, and a
-headless Chromium driven by Playwright (Debian's /usr/bin/chromium; never
+"""End-to-end fixtures: a real dashboard server (``python app/serve.py``, as ``make app``
+starts it) on a free port, and a headless Chromium driven by Playwright (Debian's /usr/bin/chromium; never
 ``playwright install``, which downloads).
 
 The server writes its runs to a temporary folder that already holds one tiny trained run
@@ -96,7 +96,8 @@ class Server:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    """``streamlit run app/main.py`` on a free port; its runs folder holds one trained run."""
+    """``python app/serve.py`` (as ``make app``) on a free port; its runs folder holds one
+    trained run."""
     _chromium_or_skip()
     runs = tmp_path_factory.mktemp("e2e-runs")
     run_name = _train_tiny_run(runs)
@@ -112,10 +113,7 @@ def server(tmp_path_factory):
         process = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                "app/main.py",
+                "app/serve.py",  # what `make app` runs (`streamlit run app/main.py` inside)
                 *_flags(port=port, address="127.0.0.1", headless="true", fileWatcherType="none"),
                 "--browser.gatherUsageStats",
                 "false",

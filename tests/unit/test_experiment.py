@@ -247,3 +247,16 @@ def test_drawing_faces_in_worker_processes_gives_the_same_preloaded_images():
     assert fast.targets.keys() == plain.targets.keys()
     for name in plain.targets:
         assert torch.equal(fast.targets[name], plain.targets[name])
+
+
+def test_test_images_are_made_when_first_needed():
+    config = preset("demo-cpu", train_size=16, test_size=8, image_size=(40, 32))
+    experiment = LandmarkExperiment(config)
+    test = experiment.datasets()["test"]
+    assert len(test) == 8 and test._dataset is None  # known length, nothing drawn yet
+    experiment.prepare(("train",))
+    assert test._dataset is None
+    item = test[3]
+    expected = SyntheticFaces(8, seed=config.seed + 1_000_003)[3]
+    torch.testing.assert_close(item["nose"], expected["nose"])
+    assert test._dataset is not None
