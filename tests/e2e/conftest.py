@@ -1,6 +1,6 @@
 """End-to-end fixtures: a real dashboard server (``python app/serve.py``, as ``make app``
-starts it) on a free port, and a headless Chromium driven by Playwright (Debian's /usr/bin/chromium; never
-``playwright install``, which downloads).
+starts it) on a free port, and a headless Chromium driven by Playwright (Debian's
+/usr/bin/chromium; never ``playwright install``, which downloads).
 
 The server writes its runs to a temporary folder that already holds one tiny trained run
 (trained here, without the app, in a few seconds). Screenshots go to tests/e2e/screenshots/.
