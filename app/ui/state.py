@@ -71,17 +71,20 @@ _warm_up_lock = threading.Lock()
 _warm_up_started = False
 
 
-def warm_up() -> None:
+def warm_up() -> threading.Thread | None:
     """Start drawing the default demo's faces in the background, once per process, so that
-    Start begins training at once. A no-op with ``MIST_WARM_UP=0``."""
+    Start begins training at once. Returns the thread when this call started it; a no-op
+    with ``MIST_WARM_UP=0``."""
     global _warm_up_started
     with _warm_up_lock:
         if _warm_up_started or not WARM_UP:
-            return
+            return None
         _warm_up_started = True
-    threading.Thread(
+    thread = threading.Thread(
         target=_prepare_default, args=(default_config(),), name="mist-warm-up", daemon=True
-    ).start()
+    )
+    thread.start()
+    return thread
 
 
 def _prepare_default(config: ExperimentConfig) -> None:
