@@ -105,6 +105,17 @@ def test_a_training_streams_live_values_and_stops(page, server, screenshot):
     screenshot(page, "04-train-live-curves")
     assert_healthy(page)
 
+    # a second tab on the same link (or a reload) finds the running job again
+    second = page.context.new_page()
+    second.js_errors = []  # what assert_healthy reads
+    second.on("pageerror", lambda error: second.js_errors.append(str(error)))
+    second.goto(page.url)
+    other = second.get_by_text(LATEST)
+    appear(second, other)
+    assert int(LATEST.search(other.inner_text()).group(1)) >= first
+    assert second.locator(".st-key-stop button").is_enabled()
+    second.close()
+
     page.locator(".st-key-stop button").click()
     page.get_by_text(re.compile(r"^Stopped at step")).wait_for(timeout=60_000)
     wait_idle(page)
