@@ -92,3 +92,19 @@ def show_maps(
                     st.caption("q(landmark | its representation of this face)")
                 else:
                     st.caption(f"Most likely at ({pmap.mode[0]:.0f}, {pmap.mode[1]:.0f}) px.")
+
+
+def view_controls(landmarks, where_landmark, where_style, prefix: str) -> tuple[str, str, bool]:
+    """The landmark picker, regions / heat map, and zoom: ``(landmark, style, zoom)``."""
+    landmark = where_landmark.selectbox(
+        "Landmark", list(landmarks), format_func=state.landmark_label, key=f"{prefix}_landmark"
+    )
+    style = where_style.radio(
+        "Show",
+        ["regions", "heatmap"],
+        format_func={"regions": "50% / 90% regions", "heatmap": "Heat map"}.get,
+        key=f"{prefix}_style",
+        horizontal=True,
+    )
+    zoom = where_style.toggle("Zoom in on the landmark", value=True, key=f"{prefix}_zoom")
+    return landmark, style, zoom

@@ -181,3 +181,19 @@ def latest_step(run_name: str) -> int | None:
 
 
 ALL_LANDMARKS = LANDMARKS
+
+
+def pick_trained_model(
+    runs: list[RunInfo], key: str
+) -> tuple[RunInfo, int | None, LandmarkExperiment]:
+    """A selectbox of ``runs`` and the chosen run's model, loaded once; a run whose model
+    cannot be loaded shows the reason and stops the page (never a traceback)."""
+    info = st.selectbox("Trained model (run)", runs, format_func=run_label, key=key)
+    step = latest_step(info.name)
+    try:
+        with st.spinner("Loading the trained model…"):
+            experiment = load_experiment(info.name, step)
+    except Exception as error:  # noqa: BLE001 - a broken run must not break the page
+        st.error(f"This run's model could not be loaded: {error}")
+        st.stop()
+    return info, step, experiment

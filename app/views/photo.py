@@ -120,27 +120,10 @@ runs = [info for info in runs if info.config.dataset in ("synthetic", "celeba")]
 if not runs:
     st.info("No trained model yet. Train one on the **Train** page, then come back.")
     st.stop()
-info = st.selectbox("Trained model (run)", runs, format_func=state.run_label, key="photo_run")
-step = state.latest_step(info.name)
-try:
-    with st.spinner("Loading the trained model…"):
-        experiment = state.load_experiment(info.name, step)
-except Exception as error:  # noqa: BLE001 - a broken run must not break the page
-    st.error(f"This run's model could not be loaded: {error}")
-    st.stop()
+info, step, experiment = state.pick_trained_model(runs, key="photo_run")
 config = experiment.config
 a, b, c = st.columns(3)
-landmark = a.selectbox(
-    "Landmark", list(config.landmarks), format_func=state.landmark_label, key="photo_landmark"
-)
-style = b.radio(
-    "Show",
-    ["regions", "heatmap"],
-    format_func={"regions": "50% / 90% regions", "heatmap": "Heat map"}.get,
-    key="photo_style",
-    horizontal=True,
-)
-zoom_in = b.toggle("Zoom in on the landmark", value=True, key="photo_zoom")
+landmark, style, zoom_in = posteriors.view_controls(config.landmarks, a, b, prefix="photo")
 best = c.selectbox(
     "Network for the positions on your photo",
     list(config.encoders),

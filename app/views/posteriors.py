@@ -21,14 +21,7 @@ if not runs:
     st.info("No trained model yet. Train one on the **Train** page first.")
     st.stop()
 
-info = st.selectbox("Trained model (run)", runs, format_func=state.run_label, key="post_run")
-step = state.latest_step(info.name)
-try:
-    with st.spinner("Loading the trained model…"):
-        experiment = state.load_experiment(info.name, step)
-except Exception as error:  # noqa: BLE001 - a broken run must not break the page
-    st.error(f"This run's model could not be loaded: {error}")
-    st.stop()
+info, step, experiment = state.pick_trained_model(runs, key="post_run")
 
 config = experiment.config
 images = experiment.source_images("test")
@@ -45,17 +38,7 @@ def _uint8(image) -> np.ndarray:
 
 
 left, middle, right = st.columns([2, 2, 3])
-landmark = left.selectbox(
-    "Landmark", list(config.landmarks), format_func=state.landmark_label, key="post_landmark"
-)
-style = middle.radio(
-    "Show",
-    ["regions", "heatmap"],
-    format_func={"regions": "50% / 90% regions", "heatmap": "Heat map"}.get,
-    key="post_style",
-    horizontal=True,
-)
-zoom = middle.toggle("Zoom in on the landmark", value=True, key="post_zoom")
+landmark, style, zoom = posteriors.view_controls(config.landmarks, left, middle, prefix="post")
 if st.session_state.get("post_index", 0) >= len(images):  # another run has fewer faces
     st.session_state["post_index"] = 0
 index = right.number_input(
