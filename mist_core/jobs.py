@@ -45,7 +45,7 @@ _ENDED = (RunStatus.STOPPED, RunStatus.FINISHED, RunStatus.FAILED)
 MAX_CURVE_POINTS = 2000
 #: How often buffered metric rows are written to the run's metrics.csv.
 FLUSH_EVERY_S = 1.0
-#: How many prepared image sets a registry keeps in memory.
+#: How many prepared image sets a PreparedImages keeps in memory.
 MAX_PREPARED_DATASETS = 2
 
 Curves = Mapping[str, tuple[tuple[int, float], ...]]
