@@ -33,8 +33,8 @@ model gives the true position. Both models are normalising flows (flexible densi
 the 2-D image plane). Other estimators (CLUB, L1Out) are in the Train page's settings.
 
 ### The networks
-* **Random init**: a ResNet18 with random weights, never trained. A surprisingly useful
-  baseline: random convolutions already keep where things are.
+* **Random init**: a ResNet18 with random weights, never trained: the baseline, what
+  numbers carry when nothing was learned (near 0 nats in the built-in demo).
 * **ImageNet-pretrained**: trained to recognise objects in photos (needs the weights file).
 * **Fine-tuned**: the ImageNet network trained further here, *to help find landmarks*.
 * **Trained from scratch**: the same, from random weights (works offline).
