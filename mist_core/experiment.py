@@ -40,6 +40,7 @@ from mist_core.estimators import (
     MIEstimator,
     MultiMIEstimator,
     TransformedMIEstimator,
+    parse_mi_name,
 )
 from mist_core.freeze import is_frozen
 from mist_core.training import (
@@ -658,7 +659,7 @@ def mi_table(values: Mapping[str, float], errors: Mapping[str, float]) -> pd.Dat
     """``{"I(enc;landmark)": nats}`` -> DataFrame with encoder, landmark, mi, std_error."""
     rows = []
     for name, value in values.items():
-        encoder, landmark = name[2:-1].split(";")
+        encoder, landmark = parse_mi_name(name)
         rows.append(
             {"encoder": encoder, "landmark": landmark, "mi": value, "std_error": errors[name]}
         )

@@ -116,7 +116,9 @@ def posterior_maps(
         point = (
             None if truth is None else torch.as_tensor(truth, dtype=torch.float32, device=device)
         )
-        features = model.transform(image=image.unsqueeze(0).to(device))
+        # only the encoders asked for (model.transform would run every one of them)
+        batch = image.unsqueeze(0).to(device)
+        features = {name: model.transforms[name](batch) for name in names}
         estimators = experiment.estimator.estimators
         # q(landmark) is shared by the encoders' estimators: any pair of the landmark has it
         q_y = estimators[f"{experiment.config.encoders[0]};{landmark}"]

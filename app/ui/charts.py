@@ -16,6 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from PIL import Image
 
+from mist_core.estimators import parse_mi_name
 from mist_core.posterior import PosteriorMap
 
 from .state import encoder_label, landmark_label
@@ -35,13 +36,6 @@ LANDMARK_DASH = {
     "right_mouth": "dashdot",
 }
 REGION_COLOURS = {0.5: "#00e5ff", 0.9: "#ffea00"}
-
-
-def split_pair(name: str) -> tuple[str, str]:
-    """``"I(trained;nose)"`` -> ``("trained", "nose")``."""
-    inner = name[2:-1] if name.startswith("I(") and name.endswith(")") else name
-    encoder, _, landmark = inner.partition(";")
-    return encoder, landmark
 
 
 def pair_label(encoder: str, landmark: str) -> str:
@@ -67,7 +61,7 @@ def mi_curves(
     for name, points in curves.items():
         if not name.startswith("I(") or not points:
             continue
-        encoder, landmark = split_pair(name)
+        encoder, landmark = parse_mi_name(name)
         if (encoders is not None and encoder not in encoders) or (
             landmarks is not None and landmark not in landmarks
         ):

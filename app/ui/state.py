@@ -14,8 +14,6 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from mist_core.data import LANDMARKS
-from mist_core.encoders import ENCODER_PRESETS, list_encoders
 from mist_core.experiment import ExperimentConfig, LandmarkExperiment, preset
 from mist_core.jobs import Job, JobRegistry, PreparedImages
 from mist_core.runs import RunInfo, RunStatus, RunStore
@@ -116,11 +114,6 @@ def devices() -> list[str]:
     return found
 
 
-def encoder_choices() -> list:
-    """Every encoder preset with whether it can be built here (and why not)."""
-    return list_encoders(ENCODER_PRESETS.values())
-
-
 def current_job() -> Job | None:
     """The job named in the URL (``?job=...``), if this server knows it."""
     job_id = st.query_params.get("job")
@@ -137,12 +130,12 @@ def attach(job: Job) -> None:
     st.query_params["job"] = job.id
 
 
-def runs_with_results() -> list[RunInfo]:
-    """Runs that finished (have an MI table), newest first."""
+def runs_with_results(infos: list[RunInfo] | None = None) -> list[RunInfo]:
+    """Runs (of ``infos``, default: the store's list) that finished with an MI table,
+    newest first."""
+    infos = store().list() if infos is None else infos
     return [
-        info
-        for info in store().list()
-        if info.problem is None and info.summary and info.summary.get("mi")
+        info for info in infos if info.problem is None and info.summary and info.summary.get("mi")
     ]
 
 
@@ -178,9 +171,6 @@ def load_experiment(run_name: str, checkpoint_step: int | None) -> LandmarkExper
 def latest_step(run_name: str) -> int | None:
     """The step of the run's latest checkpoint (a cache key: a resumed run reloads)."""
     return store().open(run_name).latest_checkpoint_step()
-
-
-ALL_LANDMARKS = LANDMARKS
 
 
 def pick_trained_model(

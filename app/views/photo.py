@@ -56,8 +56,7 @@ manual = st.toggle(
     key=f"manual_{digest}",
     help="Zoom and move the crop so that the face sits like the example's.",
 )
-if face is None and not manual:
-    manual = True
+manual = manual or face is None  # nothing to align on: the crop is by hand
 if face is None:
     st.warning(
         "No face was found automatically (it may be turned away, small, or not a face). "
@@ -115,8 +114,7 @@ def _around(corners: np.ndarray, shape: tuple[int, ...]) -> tuple[float, float, 
 
 
 st.subheader("What the networks see in it")
-runs = [info for info in state.runs_with_checkpoint() if info.config is not None]
-runs = [info for info in runs if info.config.dataset in ("synthetic", "celeba")]
+runs = state.runs_with_checkpoint()
 if not runs:
     st.info("No trained model yet. Train one on the **Train** page, then come back.")
     st.stop()

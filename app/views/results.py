@@ -18,8 +18,9 @@ st.markdown(
     "faces can do a little worse than the average-face guess)."
 )
 
-runs = state.runs_with_results()
-broken = [info for info in state.store().list() if info.problem]
+listed = state.store().list()  # reads every run's files: once per page run
+runs = state.runs_with_results(listed)
+broken = [info for info in listed if info.problem]
 if broken:
     with st.expander(f"{len(broken)} run folder(s) could not be read and are skipped"):
         for info in broken:

@@ -6,7 +6,9 @@ import pandas as pd
 import streamlit as st
 from ui import charts, state
 
-from mist_core.data import expected_files
+from mist_core.data import LANDMARKS, expected_files
+from mist_core.encoders import list_encoders
+from mist_core.estimators import parse_mi_name
 from mist_core.experiment import PRESETS, preset
 from mist_core.jobs import JobSnapshot, PreparedImages
 
@@ -92,7 +94,7 @@ with st.container(border=True):
         st.markdown("**Networks** (each is a ResNet18)")
         chosen_encoders = []
         missing_how: dict[str, str] = {}
-        for choice in state.encoder_choices():
+        for choice in list_encoders():
             label = state.encoder_label(choice.name)
             if choice.available:
                 on = st.checkbox(
@@ -128,7 +130,7 @@ with st.container(border=True):
 
     landmarks = st.pills(
         "Landmarks",
-        list(state.ALL_LANDMARKS),
+        list(LANDMARKS),
         selection_mode="multi",
         default=list(base.landmarks),
         format_func=state.landmark_label,
@@ -164,7 +166,7 @@ else:
             dataset=dataset,
             celeba_root=celeba_root if dataset == "celeba" else None,
             encoders=tuple(chosen_encoders),
-            landmarks=tuple(lm for lm in state.ALL_LANDMARKS if lm in landmarks),
+            landmarks=tuple(lm for lm in LANDMARKS if lm in landmarks),
             estimator=estimator,
             epochs=int(epochs),
             batch_size=int(batch_size),
@@ -252,9 +254,7 @@ def _show_curves(snap: JobSnapshot) -> None:
     }
     st.caption(
         f"Latest step {snap.step}: "
-        + ", ".join(
-            f"{charts.pair_label(*charts.split_pair(n))} {v:.2f}" for n, v in latest.items()
-        )
+        + ", ".join(f"{charts.pair_label(*parse_mi_name(n))} {v:.2f}" for n, v in latest.items())
         + " nats (per-batch estimates; the lines are averaged over 15 steps)."
     )
 

@@ -3,7 +3,14 @@ SMILE), and the wrappers that combine them (Multi, Transformed)."""
 
 from collections.abc import Callable
 
-from mist_core.estimators.base import BatchEstimator, BatchTerms, MIEstimator, Terms, mi_name
+from mist_core.estimators.base import (
+    BatchEstimator,
+    BatchTerms,
+    MIEstimator,
+    Terms,
+    mi_name,
+    parse_mi_name,
+)
 from mist_core.estimators.critics import JointCritic, SeparableCritic
 from mist_core.estimators.discriminative import (
     JS,
@@ -71,6 +78,7 @@ __all__ = [
     "js",
     "l1out",
     "mi_name",
+    "parse_mi_name",
     "mine",
     "nwj",
     "smile",

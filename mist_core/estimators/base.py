@@ -22,6 +22,14 @@ def mi_name(x_key: str, y_key: str) -> str:
     return f"I({x_key};{y_key})"
 
 
+def parse_mi_name(name: str) -> tuple[str, str]:
+    """The inverse of :func:`mi_name`: ``"I(x_key;y_key)"`` -> ``(x_key, y_key)``."""
+    if not (name.startswith("I(") and name.endswith(")") and ";" in name):
+        raise ValueError(f"not an MI name of the form I(x;y): {name!r}")
+    x_key, y_key = name[2:-1].split(";", 1)
+    return x_key, y_key
+
+
 @dataclass(frozen=True)
 class Terms:
     """The result of one pass: ``loss`` (scalar, to minimise) and ``log_ratio`` (``[N]``)."""

@@ -242,3 +242,11 @@ def test_bad_estimator_names_and_options_say_what_is_valid():
         build_estimator("ba", 2, 2)
     with pytest.raises(ValueError, match="at least 2 samples"):
         build_estimator("infonce", 2, 2).loss(torch.randn(1, 2), torch.randn(1, 2))
+
+
+def test_parse_mi_name_inverts_mi_name():
+    from mist_core.estimators import mi_name, parse_mi_name
+
+    assert parse_mi_name(mi_name("trained", "left_eye")) == ("trained", "left_eye")
+    with pytest.raises(ValueError, match="I\\(x;y\\)"):
+        parse_mi_name("loss")
