@@ -95,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({len(result)} maps): maps {maps_s:.3f} s + figures {figures_s:.3f} s "
         f"= {maps_s + figures_s:.3f} s"
     )
-    print(
-        f"five landmarks with one encoder ({2 * len(config.landmarks)} maps): {five_s:.3f} s"
-    )
+    print(f"five landmarks with one encoder ({2 * len(config.landmarks)} maps): {five_s:.3f} s")
     assert all(np.isfinite(m.log_prob).all() for m in result)
     return 0
 

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, random_spl
 from mist_core import distributed
 from mist_core._rng import GLOBAL_RNG_LOCK, seeded
 from mist_core.estimators import ESTIMATORS, build_estimator
+from mist_core.marginals import fit_marginal_map
 
 __all__ = [
     "EstimateResult",
@@ -579,13 +580,6 @@ class EstimateResult:
     seconds: float = 0.0
 
 
-def _standardize(train: Tensor, other: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Both arrays standardised with ``train``'s statistics, and the std ``[D]`` used."""
-    mean = train.mean(0, keepdim=True)
-    std = train.std(0, keepdim=True).clamp_min(1e-12)
-    return (train - mean) / std, (other - mean) / std, std.squeeze(0)
-
-
 def estimate_mi(
     x: ArrayLike,
     y: ArrayLike,
@@ -599,7 +593,7 @@ def estimate_mi(
     test_fraction: float = 0.5,
     valid_percentage: float = 0.1,
     early_stopping: bool = True,
-    standardize: bool = True,
+    standardize: bool | str = True,
     device: str | torch.device | None = "auto",
     seed: int = 0,
     estimator_options: Mapping[str, Any] | None = None,
@@ -608,9 +602,11 @@ def estimate_mi(
     """Estimate :math:`I(X; Y)` in nats from paired samples ``x: (N, D_x)``, ``y: (N, D_y)``.
 
     The samples are split: ``test_fraction`` is held out for the estimate; of the rest,
-    ``valid_percentage`` drives early stopping. With ``standardize`` (an invertible map,
-    so the MI is unchanged) each variable is standardised with training-split statistics,
-    so any units work.
+    ``valid_percentage`` drives early stopping. ``standardize`` maps every coordinate of x
+    and y through an invertible map fitted on the training split (the MI is unchanged):
+    ``True`` or ``"standardize"`` (mean 0, std 1: any units work), ``"gaussianize"`` (the
+    empirical CDF, then the normal quantile: heavy tails and bounded supports become
+    Gaussian-shaped marginals; see :mod:`mist_core.marginals`), or ``False`` (raw data).
 
     Args:
         estimator: one of :data:`mist_core.estimators.ESTIMATORS`.
@@ -646,16 +642,46 @@ def estimate_mi(
     x_train, x_test = x_t[train_idx], x_t[test_idx]
     y_train, y_test = y_t[train_idx], y_t[test_idx]
     options = dict(estimator_options or {})
-    if standardize:
-        x_train, x_test, _ = _standardize(x_train, x_test)
-        y_train, y_test, y_std = _standardize(y_train, y_test)
+    marginal_map = "standardize" if standardize is True else standardize
+    if marginal_map:
+        if marginal_map == "gaussianize" and "entropy_y" in options:
+            raise ValueError(
+                "BA's entropy_y is known in the data's own units, and Gaussianizing changes "
+                "H(Y) by an unknown amount; use standardize=True (or False) with BA"
+            )
+        fx, fy = fit_marginal_map(marginal_map, x_train), fit_marginal_map(marginal_map, y_train)
+        x_train, x_test, y_train, y_test = fx(x_train), fx(x_test), fy(y_train), fy(y_test)
         if "entropy_y" in options:  # BA: H(Y / s) = H(Y) - sum(log s)
-            options["entropy_y"] = float(options["entropy_y"]) - float(y_std.log().sum())
+            options["entropy_y"] = float(options["entropy_y"]) + fy.log_abs_det()
 
     if hidden_dims is not None:
         options["hidden_dims"] = list(hidden_dims)
     with seeded(seed):
         model = build_estimator(estimator, x_t.shape[1], y_t.shape[1], **options)
+    if getattr(model, "closed_form", False):  # nothing to train: fit on the training split
+        model.fit(x_train, y_train)
+        log = pd.DataFrame(columns=["step", "epoch", "split", "name", "value"])
+        log.attrs.update(stopped=False, early_stopped=False, best_step=0, steps=0, epochs=0)
+        mi, std_error = evaluate_mi(
+            model, (x_test, y_test), batch_size=batch_size, return_std_error=True
+        )
+        return EstimateResult(
+            mi=float(mi),
+            std_error=float(std_error),
+            estimator=estimator,
+            log=log,
+            model=model,
+            n_train=len(x_train),
+            n_test=n_test,
+            seconds=time.perf_counter() - start,
+        )
+    # Validate once per epoch (or 10 times over the budget, if that is more often): on a
+    # few thousand samples a critic can overfit within the first tenth of a long budget, and
+    # early stopping can only restore a point it has seen. Patience: at least a tenth of
+    # the budget, or a flow that learns slowly at first is stopped before it starts.
+    n_fit = len(x_train) - int(len(x_train) * valid_percentage)
+    eval_every = max(1, min(math.ceil(n_fit / batch_size), max_iterations // 10))
+    patience = max(5, math.ceil(max_iterations / 10 / eval_every))
     log = train_mi_estimator(
         model,
         (x_train, y_train),
@@ -665,6 +691,8 @@ def estimate_mi(
         lr=lr,
         valid_percentage=valid_percentage,
         early_stopping=early_stopping,
+        eval_every=eval_every,
+        patience=patience,
         device=device,
         seed=seed,
         verbose=verbose,

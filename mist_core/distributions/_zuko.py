@@ -23,7 +23,7 @@ from zuko.transforms import (  # noqa: E402
     MonotonicAffineTransform,
     MonotonicRQSTransform,
 )
-from zuko.utils import unpack  # noqa: E402
+from zuko.utils import broadcast, unpack  # noqa: E402
 
 Distribution._validate_args = _validate_args
 if _arg_constraints is not None:
@@ -42,6 +42,7 @@ __all__ = [
     "MonotonicAffineTransform",
     "MonotonicRQSTransform",
     "NormalizingFlow",
+    "broadcast",
     "unpack",
     "zuko",
 ]

@@ -36,6 +36,7 @@ from mist_core.distributions._zuko import (
     MonotonicAffineTransform,
     MonotonicRQSTransform,
     NormalizingFlow,
+    broadcast,
     unpack,
 )
 from mist_core.distributions.normalization import EMANorm
@@ -79,6 +80,10 @@ class DiagonalAffine(LazyTransform):
         self.features = features
         if context > 0:
             self.hyper: nn.Module | None = mlp(context, hidden_features, 2 * features)
+            last = self.hyper[-1] if isinstance(self.hyper, nn.Sequential) else self.hyper
+            with torch.no_grad():  # start at the identity map
+                last.weight.zero_()
+                last.bias.zero_()
         else:
             self.hyper = None
             self.shift = nn.Parameter(torch.zeros(features))
@@ -93,25 +98,77 @@ class DiagonalAffine(LazyTransform):
 
 
 class _MaskedAutoregressive(MaskedAutoregressiveTransform):
-    """zuko's masked autoregressive layer with one shortcut, for posterior maps: when one
-    context vector ``[C]`` conditions many points ``[..., N, D]``, the context's part of the
-    conditioner's first layer is computed once instead of once per point. Same parameters,
-    same numbers (up to float rounding), about ``(C + D) / D`` times less work in that layer
-    (a 512-d context and a 2-d landmark: ~250x)."""
+    """zuko's masked autoregressive layer, started at the identity, with two additions.
+
+    - **A linear context path.** With a context, every output parameter also gets a linear
+      function of the context, ``phi += W c + b``, next to the masked network. In a MADE
+      the first variables' parameters can only use the few hidden units of the lowest
+      degree, so even a linear dependence on the context (a Gaussian conditional, the
+      commonest case) is learnt slowly and badly. ``W`` and ``b`` start at zero: at
+      initialisation the layer is zuko's, and a checkpoint saved without them loads as
+      that same function.
+    - **A shortcut for posterior maps**: when one context vector ``[C]`` conditions many
+      points ``[..., N, D]``, the context's part of the conditioner's first layer is
+      computed once instead of once per point. Same parameters, same numbers (up to float
+      rounding), about ``(C + D) / D`` times less work in that layer (a 512-d context and
+      a 2-d landmark: ~250x).
+    """
+
+    def __init__(self, features: int, context: int = 0, **kwargs: object) -> None:
+        super().__init__(features, context, **kwargs)
+        if context > 0:
+            # zeros, not nn.Linear: no draw from the RNG, so seeded models keep their weights
+            self.context_weight = nn.Parameter(torch.zeros(features * self.total, context))
+            self.context_bias = nn.Parameter(torch.zeros(features * self.total))
+        else:
+            self.context_weight = self.context_bias = None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        # Checkpoints from before the linear context path: it was zero, i.e. absent.
+        if self.context_weight is not None:
+            for name in ("context_weight", "context_bias"):
+                state_dict.setdefault(prefix + name, torch.zeros_like(getattr(self, name)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _hyper(self, c: Tensor | None, x: Tensor) -> Tensor:
+        """The flat parameters ``[..., D * total]`` of the univariate transforms."""
+        first = self.hyper[0]
+        if c is None:
+            return self.hyper(x)
+        if c.dim() == 1 and x.dim() >= 2 and isinstance(first, MaskedLinear):
+            weight = first.mask * first.weight  # [hidden, D + C]
+            d = x.shape[-1]
+            shared = nn.functional.linear(c, weight[:, d:], first.bias)  # [hidden]
+            phi = nn.functional.linear(x, weight[:, :d]) + shared
+            for layer in list(self.hyper)[1:]:  # MaskedMLP[1:] would rebuild a MaskedMLP
+                phi = layer(phi)
+        else:
+            phi = self.hyper(torch.cat(broadcast(x, c, ignore=1), dim=-1))
+        return phi + nn.functional.linear(c, self.context_weight, self.context_bias)
 
     def meta(self, c: Tensor | None, x: Tensor) -> Transform:
-        first = self.hyper[0]
-        if c is None or c.dim() != 1 or x.dim() < 2 or not isinstance(first, MaskedLinear):
-            return super().meta(c, x)
-        weight = first.mask * first.weight  # [hidden, D + C]
-        d = x.shape[-1]
-        shared = nn.functional.linear(c, weight[:, d:], first.bias)  # [hidden]
-        phi = nn.functional.linear(x, weight[:, :d]) + shared
-        for layer in list(self.hyper)[1:]:  # MaskedMLP[1:] would rebuild a MaskedMLP
-            phi = layer(phi)
-        phi = phi.unflatten(-1, (-1, self.total))
-        phi = unpack(phi, self.shapes)
-        return DependentTransform(self.univariate(*phi), 1)
+        phi = self._hyper(c, x).unflatten(-1, (-1, self.total))
+        return DependentTransform(self.univariate(*unpack(phi, self.shapes)), 1)
+
+
+@torch.no_grad()
+def _start_at_identity(layer: LazyTransform) -> LazyTransform:
+    """Zero the parameters that produce the univariate maps' parameters (for a 1-d variable
+    zuko builds an element-wise layer instead of a MADE): the flow starts at one fixed
+    map, the identity for affine layers, instead of a random affine map.
+
+    The first variable of a MADE sees no input but the context, so only its last layer's
+    bias could undo a random start: a 1-d marginal was still 0.7 nats off after 400 steps.
+    The random draws happen as before, so seeded models keep their other weights.
+    """
+    hyper = getattr(layer, "hyper", None)
+    if hyper is not None:
+        hyper[-1].weight.zero_()
+        hyper[-1].bias.zero_()
+    else:
+        for parameter in layer.phi:
+            parameter.zero_()
+    return layer
 
 
 def _affine_autoregressive(
@@ -119,20 +176,24 @@ def _affine_autoregressive(
 ) -> LazyTransform:
     # Alternate the variable order between stacked layers, as in MAF.
     order = torch.arange(features) if index % 2 == 0 else torch.arange(features).flip(0)
-    return _MaskedAutoregressive(features, context, order=order, hidden_features=tuple(hidden))
+    return _start_at_identity(
+        _MaskedAutoregressive(features, context, order=order, hidden_features=tuple(hidden))
+    )
 
 
 def _spline_autoregressive(
     features: int, context: int, hidden: Sequence[int], index: int
 ) -> LazyTransform:
     order = torch.arange(features) if index % 2 == 0 else torch.arange(features).flip(0)
-    return _MaskedAutoregressive(
-        features,
-        context,
-        order=order,
-        univariate=MonotonicRQSTransform,
-        shapes=[(SPLINE_BINS,), (SPLINE_BINS,), (SPLINE_BINS - 1,)],
-        hidden_features=tuple(hidden),
+    return _start_at_identity(
+        _MaskedAutoregressive(
+            features,
+            context,
+            order=order,
+            univariate=MonotonicRQSTransform,
+            shapes=[(SPLINE_BINS,), (SPLINE_BINS,), (SPLINE_BINS - 1,)],
+            hidden_features=tuple(hidden),
+        )
     )
 
 

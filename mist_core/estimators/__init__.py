@@ -1,5 +1,6 @@
 """MI estimators: generative (DoE, BA, CLUB, L1Out), discriminative (NWJ, MINE, InfoNCE, JS,
-SMILE), and the wrappers that combine them (Multi, Transformed)."""
+SMILE), the closed-form Gaussian DoE, and the wrappers that combine them (Multi,
+Transformed)."""
 
 from collections.abc import Callable
 
@@ -25,6 +26,7 @@ from mist_core.estimators.discriminative import (
     nwj,
     smile,
 )
+from mist_core.estimators.gaussian import GaussianDoE, gaussian
 from mist_core.estimators.generative import BA, CLUB, DoE, L1Out, ba, club, doe, l1out
 from mist_core.estimators.multi import MultiMIEstimator
 from mist_core.estimators.transformed import TransformedMIEstimator
@@ -40,6 +42,7 @@ ESTIMATORS: dict[str, Callable[..., MIEstimator]] = {
     "infonce": infonce,
     "js": js,
     "smile": smile,
+    "gaussian": gaussian,
 }
 
 
@@ -62,6 +65,7 @@ __all__ = [
     "BatchTerms",
     "DiscriminativeEstimator",
     "DoE",
+    "GaussianDoE",
     "InfoNCE",
     "JointCritic",
     "L1Out",
@@ -74,6 +78,7 @@ __all__ = [
     "build_estimator",
     "club",
     "doe",
+    "gaussian",
     "infonce",
     "js",
     "l1out",

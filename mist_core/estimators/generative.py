@@ -93,17 +93,24 @@ class BA(_ConditionalEstimator):
 
 class CLUB(_ConditionalEstimator):
     r"""Contrastive log-ratio upper bound:
-    :math:`\hat I_i = \log q(y_i|x_i) - \frac{1}{N}\sum_j \log q(y_j|x_i)`.
+    :math:`\hat I_i = \log q(y_i|x_i) - \frac{1}{N-1}\sum_{j \ne i} \log q(y_j|x_i)`.
 
     An upper bound when q(y|x) is the true conditional. q is fit by maximum likelihood.
+    The negatives leave out the positive pair, so the second term is an unbiased estimate
+    of :math:`\mathbb{E}_{p(x)p(y)}[\log q(y|x)]`; Cheng et al. average over all ``N``,
+    which pulls the estimate towards zero by a factor ``(N - 1) / N``.
     """
 
     upper_bound = True
 
     def terms(self, x: Tensor, y: Tensor) -> Terms:
+        n = x.shape[0]
+        if n < 2:
+            raise ValueError("CLUB needs batches of at least 2 samples")
         log_q = self._pairwise_log_prob(x, y)  # [N (x), N (y)]
         positive = log_q.diagonal()
-        return Terms(loss=-positive.mean(), log_ratio=positive - log_q.mean(dim=1))
+        negative = (log_q.sum(dim=1) - positive) / (n - 1)
+        return Terms(loss=-positive.mean(), log_ratio=positive - negative)
 
 
 class L1Out(_ConditionalEstimator):

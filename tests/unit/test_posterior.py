@@ -100,11 +100,14 @@ def test_one_context_for_a_grid_gives_the_same_log_prob_as_one_context_per_point
 
     torch.manual_seed(0)
     q = conditional_transformed_normal(
-        2, context_dim=32, hidden_dims=[16, 8], transform_name=f"conditional_{transform}",
+        2,
+        context_dim=32,
+        hidden_dims=[16, 8],
+        transform_name=f"conditional_{transform}",
         n_transforms=2,
     )
     q.eval()
-    for parameter in q.parameters():  # move away from the identity initialisation
+    for parameter in q.parameters():  # move away from the identity start
         parameter.data.add_(0.3 * torch.randn_like(parameter))
     context = torch.randn(32)
     grid = torch.rand(7, 5, 2) * 4 - 2
