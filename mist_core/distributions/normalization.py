@@ -8,6 +8,8 @@ are frozen. The map is affine, so its log-determinant is counted exactly in the 
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor
 from torch.distributions import Transform, constraints
@@ -32,7 +34,8 @@ class EMANorm(LazyTransform):
     ``EMANorm()(context)`` returns a :class:`torch.distributions.Transform` that reads the
     statistics when it is applied, so a batch observed just before evaluation is already
     used for it. Call :meth:`observe` with a batch ``[..., D]`` to update the statistics;
-    it does nothing in eval mode.
+    it does nothing in eval mode, and nothing for the very tensor it observed last (a
+    density shared by several estimators sees each batch once).
     """
 
     def __init__(
@@ -54,6 +57,7 @@ class EMANorm(LazyTransform):
         self.register_buffer("mean", torch.zeros(features))
         self.register_buffer("std", torch.ones(features))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self._last_observed: weakref.ref | None = None
 
     def extra_repr(self) -> str:
         return f"features={self.features}, momentum={self.momentum}"
@@ -68,6 +72,12 @@ class EMANorm(LazyTransform):
                 f"EMANorm expects data with last dimension {self.features}, "
                 f"got shape {tuple(y.shape)}"
             )
+        # One update per batch: heads sharing this density (a marginal shared by several
+        # DoE heads) each show it the same tensor, which must not move the average faster.
+        last = self._last_observed() if self._last_observed is not None else None
+        if last is y:
+            return
+        self._last_observed = weakref.ref(y)
         flat = y.detach().reshape(-1, self.features).to(self.mean.dtype)
         if flat.shape[0] < 2:
             return  # one sample says nothing about the spread

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from torch import Tensor, nn
 
 from mist_core.estimators.base import BatchEstimator, BatchTerms, MIEstimator, mi_name
+from mist_core.estimators.stacked import stackable, stacked_batch_terms
 
 __all__ = ["MultiMIEstimator"]
 
@@ -55,11 +56,16 @@ class MultiMIEstimator(BatchEstimator):
             for name, side in ((x_key, "x"), (y_key, "y")):
                 flags[name] = flags.get(name, True) and estimator.infomax_gradient[side]
         self.infomax_gradient = flags
+        #: Evaluate DoE heads of one architecture together (same numbers, fewer and larger
+        #: matrix products; see :mod:`mist_core.estimators.stacked`). False: one at a time.
+        self.stacked = stackable(self.pairs, list(self.estimators.values()))
 
     def batch_terms(self, batch: Mapping[str, Tensor]) -> BatchTerms:
         missing = sorted({k for pair in self.pairs for k in pair} - set(batch))
         if missing:
             raise KeyError(f"the batch has no variable(s) {missing}; it has {sorted(batch)}")
+        if self.stacked:
+            return stacked_batch_terms(self.pairs, list(self.estimators.values()), batch)
         loss: Tensor | int = 0
         log_ratios: dict[str, Tensor] = {}
         for (x_key, y_key), estimator in zip(self.pairs, self.estimators.values(), strict=True):

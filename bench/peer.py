@@ -1,0 +1,275 @@
+"""mist_core against torch-mist 0.2.17, side by side in one process.
+
+    python -m bench.peer [--threads 1,2] [--repeats 5] [--workloads heads,posterior]
+
+torch-mist is not a dependency of mist: install it in a venv of its own beside mist's
+requirements (its pins fight ours: numpy < 2), then run this module with that venv's
+Python from the repository root::
+
+    python3.11 -m venv /tmp/peer-venv
+    /tmp/peer-venv/bin/pip install torch==2.14.1 torchvision==0.29.1 torch-mist==0.2.17 \\
+        "numpy<2" zuko==1.6.0 pandas safetensors pillow tqdm
+    /tmp/peer-venv/bin/python -m bench.peer
+
+(torch 2.14.1 in both: the same kernels on both sides. The issue's recipe, ``pip install
+torch==2.13.0 torch-mist==0.2.17 pandas``, also runs torch-mist but not mist_core, whose
+encoders need torchvision.) Without torch-mist only mist_core's figures are printed.
+
+Workloads, samples per second, median of ``--repeats``:
+
+- **heads**: the seed's 15 DoE heads (3 representations x 5 landmarks, 512-d features,
+  conditional affine autoregressive q(landmark | representation) with hidden [128, 64],
+  one q(landmark) per landmark shared by its 3 heads), one Adam step per batch of 128 on
+  precomputed features. torch-mist's side runs with ``normalization=None``: its
+  ``emanorm`` crashes in training.
+- **posterior**: log q over the full 178 x 218 pixel grid for the 15 heads, one image.
+
+The epoch workload (the full model with its ResNet18 encoders) is ``python -m bench.experiment``
+for mist_core; torch-mist has no runner of its own for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+import mist_core
+from mist_core import MultiMIEstimator
+from mist_core.experiment import instantiate_estimators
+
+REPRESENTATIONS = ("random_init", "pretrained", "finetuned")
+LANDMARKS = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
+FEATURES, HIDDEN, MARGINAL_HIDDEN, BATCH = 512, (128, 64), (64,), 128
+GRID = (218, 178)  # rows (y), columns (x): CelebA's aligned image
+
+
+def have_torch_mist() -> bool:
+    return importlib.util.find_spec("torch_mist") is not None
+
+
+# -- models -----------------------------------------------------------------------------------
+
+
+def mist_heads(stacked: bool = True) -> MultiMIEstimator:
+    torch.manual_seed(0)
+    model = MultiMIEstimator(
+        instantiate_estimators(
+            {name: FEATURES for name in REPRESENTATIONS},
+            LANDMARKS,
+            hidden_dims=HIDDEN,
+            marginal_hidden_dims=MARGINAL_HIDDEN,
+        )
+    )
+    model.stacked = stacked and model.stacked
+    return model
+
+
+def peer_heads():  # noqa: ANN201 - a torch_mist MultiMIEstimator
+    from torch_mist.distributions import conditional_transformed_normal, transformed_normal
+    from torch_mist.estimators import DoE
+    from torch_mist.estimators import MultiMIEstimator as PeerMulti
+
+    torch.manual_seed(0)
+    estimators = {}
+    for landmark in LANDMARKS:
+        q_y = transformed_normal(
+            input_dim=2, hidden_dims=list(MARGINAL_HIDDEN), transform_name="affine_autoregressive"
+        )
+        for name in REPRESENTATIONS:
+            q_y_x = conditional_transformed_normal(
+                input_dim=2,
+                context_dim=FEATURES,
+                hidden_dims=list(HIDDEN),
+                transform_name="conditional_affine_autoregressive",
+                normalization=None,
+            )
+            estimators[(name, landmark)] = DoE(q_Y_given_X=q_y_x, q_Y=q_y)
+    return PeerMulti(estimators)
+
+
+def _batch(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    batch = {name: torch.randn(n, FEATURES, generator=g).relu() for name in REPRESENTATIONS}
+    for landmark in LANDMARKS:
+        batch[landmark] = torch.randn(n, 2, generator=g) * 3 + 100
+    return batch
+
+
+# -- workloads --------------------------------------------------------------------------------
+
+
+def _time_steps(step: Callable[[dict], None], steps: int, repeats: int) -> list[float]:
+    """Samples per second of ``repeats`` runs of ``steps`` steps (after 5 warm-up steps)."""
+    batches = [_batch(BATCH, seed) for seed in range(8)]
+    for i in range(5):
+        step(batches[i % len(batches)])
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(steps):
+            step(batches[i % len(batches)])
+        rates.append(steps * BATCH / (time.perf_counter() - start))
+    return rates
+
+
+def heads_step_mist(model: MultiMIEstimator) -> Callable[[dict], None]:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step(batch: dict) -> None:
+        loss = model.batch_terms(batch).loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def heads_step_peer(model) -> Callable[[dict], None]:  # noqa: ANN001
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step(batch: dict) -> None:
+        loss = model.loss(**batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def heads_flops() -> int:
+    """Multiply-adds x 2 of one training step (forward + backward ~ 3 x forward), all heads.
+
+    Per head and sample the conditional MADE's layers are [2 + 512 -> 128 -> 64 -> 4] plus the
+    linear context path [512 -> 4]; the marginals [2 -> 64 -> 4] are counted once each.
+    """
+    conditional = (2 + FEATURES) * HIDDEN[0] + HIDDEN[0] * HIDDEN[1] + HIDDEN[1] * 4 + FEATURES * 4
+    marginal = 2 * MARGINAL_HIDDEN[0] + MARGINAL_HIDDEN[0] * 4
+    per_sample = len(REPRESENTATIONS) * len(LANDMARKS) * conditional + len(LANDMARKS) * marginal
+    return 3 * 2 * per_sample * BATCH
+
+
+def matmul_gflops(repeats: int = 20) -> float:
+    """This machine's dense float32 throughput on the heads' biggest product, GFLOP/s:
+    ``[128, 512] @ [512, 640]`` (one representation's 5 heads' first layers)."""
+    a, b = torch.randn(BATCH, FEATURES), torch.randn(FEATURES, 5 * (HIDDEN[0] + 4))
+    for _ in range(5):
+        a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(50):
+            a @ b
+        best = min(best, (time.perf_counter() - start) / 50)
+    return 2 * a.shape[0] * a.shape[1] * b.shape[1] / best / 1e9
+
+
+def posterior_seconds(model, peer: bool, repeats: int) -> list[float]:  # noqa: ANN001
+    """One image: log q(landmark | features) on the full pixel grid, for all 15 heads."""
+    rows, cols = GRID
+    ys, xs = torch.meshgrid(torch.arange(rows) + 0.5, torch.arange(cols) + 0.5, indexing="ij")
+    grid = torch.stack([xs, ys], -1).reshape(-1, 2)  # [rows * cols, 2]
+    features = {name: torch.randn(FEATURES).relu() for name in REPRESENTATIONS}
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            for (name, _), head in _heads(model, peer):
+                if peer:
+                    head.q_Y_given_X.condition(features[name]).log_prob(grid)
+                else:
+                    head.q_Y_given_X.condition(features[name]).log_prob(grid)
+            times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+def _heads(model, peer: bool):  # noqa: ANN001, ANN202
+    if peer:
+        return list(model.estimators.items())
+    return list(zip(model.pairs, model.estimators.values(), strict=True))
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+def environment() -> str:
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"mist_core {mist_core.__version__}, Python {platform.python_version()}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.peer",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=40, help="heads: steps per repeat")
+    parser.add_argument("--workloads", default="heads,posterior")
+    args = parser.parse_args(argv)
+    workloads = {w.strip() for w in args.workloads.split(",")}
+    peer = have_torch_mist()
+    if peer:
+        import torch_mist  # noqa: F401
+
+        version = getattr(sys.modules["torch_mist"], "__version__", "0.2.17")
+        print(f"torch-mist {version} found; its heads run with normalization=None "
+              "(its emanorm crashes in training).")  # fmt: skip
+    else:
+        print("torch-mist is not importable here: only mist_core is measured "
+              "(see this module's docstring for the side-by-side venv).")  # fmt: skip
+    print(environment())
+    lines = []
+    for threads in [int(t) for t in args.threads.split(",")]:
+        torch.set_num_threads(threads)
+        if "heads" in workloads:
+            fast = statistics.median(
+                _time_steps(heads_step_mist(mist_heads()), args.steps, args.repeats)
+            )
+            plain = statistics.median(
+                _time_steps(heads_step_mist(mist_heads(stacked=False)), args.steps,
+                            args.repeats)
+            )  # fmt: skip
+            row = f"heads, {threads} thread(s): mist_core {fast:,.0f} samples/s " + (
+                f"(one head at a time: {plain:,.0f})"
+            )
+            if peer:
+                theirs = statistics.median(
+                    _time_steps(heads_step_peer(peer_heads()), args.steps, args.repeats)
+                )
+                row += f"; torch-mist {theirs:,.0f} samples/s; ratio {fast / theirs:.1f}x"
+            flops = heads_flops()
+            achieved = flops * fast / BATCH / 1e9
+            peak = matmul_gflops()
+            row += (
+                f"; {flops / 1e9:.3f} GFLOP a step, {achieved:.1f} GFLOP/s achieved, "
+                f"matmul {peak:.1f} GFLOP/s ({achieved / peak:.0%})"
+            )
+            print(row, flush=True)
+            lines.append(row)
+        if "posterior" in workloads:
+            ours = statistics.median(posterior_seconds(mist_heads(), False, args.repeats))
+            row = f"posterior (15 heads, {GRID[0]}x{GRID[1]} grid), {threads} thread(s): "
+            row += f"mist_core {ours:.3f} s"
+            if peer:
+                theirs = statistics.median(posterior_seconds(peer_heads(), True, args.repeats))
+                row += f"; torch-mist {theirs:.3f} s; ratio {theirs / ours:.1f}x"
+            print(row, flush=True)
+            lines.append(row)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
