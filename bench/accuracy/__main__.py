@@ -48,6 +48,7 @@ HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
 PLOT = HERE / "staircase.png"
 
+
 def _markers(mode: str) -> tuple[str, str]:
     """The README block of one budget: the lite and the full record are kept apart."""
     return f"<!-- accuracy-{mode}:begin -->", f"<!-- accuracy-{mode}:end -->"
