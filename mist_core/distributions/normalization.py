@@ -72,17 +72,31 @@ class EMANorm(LazyTransform):
                 f"EMANorm expects data with last dimension {self.features}, "
                 f"got shape {tuple(y.shape)}"
             )
-        # One update per batch: heads sharing this density (a marginal shared by several
-        # DoE heads) each show it the same tensor, which must not move the average faster.
-        last = self._last_observed() if self._last_observed is not None else None
-        if last is y:
+        if self._seen(y):
             return
-        self._last_observed = weakref.ref(y)
         flat = y.detach().reshape(-1, self.features).to(self.mean.dtype)
         if flat.shape[0] < 2:
             return  # one sample says nothing about the spread
-        mean = flat.mean(0)
-        std = flat.std(0, unbiased=False)
+        self._update(flat.mean(0), flat.std(0, unbiased=False))
+
+    def _seen(self, y: Tensor) -> bool:
+        """One update per batch: heads sharing this density (a marginal shared by several
+        DoE heads) each show it the same tensor, which must not move the average faster."""
+        last = self._last_observed() if self._last_observed is not None else None
+        if last is y:
+            return True
+        self._last_observed = weakref.ref(y)
+        return False
+
+    @torch.no_grad()
+    def observe_moments(self, batch: Tensor, mean: Tensor, std: Tensor) -> None:
+        """:meth:`observe` of ``batch`` whose ``mean`` and (biased) ``std`` ``[D]`` are
+        already computed: several standardisers of one batch share the reductions."""
+        if not self.training or self._seen(batch) or batch.reshape(-1, self.features).shape[0] < 2:
+            return
+        self._update(mean.to(self.mean.dtype), std.to(self.mean.dtype))
+
+    def _update(self, mean: Tensor, std: Tensor) -> None:
         if not bool(self.initialized):
             self.mean.copy_(mean)
             self.std.copy_(std)

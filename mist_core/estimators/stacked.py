@@ -7,9 +7,11 @@ Python and dispatch overhead on tiny matrices, and 15 marginal evaluations for 5
 
 Here the heads are evaluated at once, with the same parameters and the same numbers:
 
-- the context standardiser of each head is folded into its first layer
-  (``W (x - m) / s = (W / s) x - W m / s``), so all the heads reading one representation
-  share **one** matrix product with their first layers and linear context paths stacked;
+- all the heads reading one representation share **one** matrix product, their first
+  layers and linear context paths stacked. Their context standardisers have seen the
+  same batches, so they hold the same statistics and standardise once; if they differ
+  (heads loaded from different runs), each is folded into its head's weights
+  (``W (x - m) / s = (W / s) x - W m / s``);
 - the remaining layers of all heads run as batched matrix products (``torch.bmm``);
 - each distinct marginal is evaluated once, and counted in the loss once per head using
   it, exactly as the plain loop counts it.
@@ -74,7 +76,22 @@ def stackable(pairs: Sequence[tuple[str, str]], heads: Sequence[nn.Module]) -> b
     if len(heads) < 2 or not all(isinstance(h, DoE) and _parts(h) for h in heads):
         return False
     shapes = {_shape(h) for h in heads}
-    return len(shapes) == 1
+    if len(shapes) != 1:
+        return False
+    for head in heads:  # the context feeds every first-layer unit (zuko's MADE does)
+        norm_y, _, made = _parts(head)  # type: ignore[misc]
+        if not bool(made.hyper[0].mask[:, norm_y.features :].all()):
+            return False
+    return True
+
+
+def _same_statistics(a: EMANorm, b: EMANorm) -> bool:
+    return (
+        a.min_scale_ratio == b.min_scale_ratio
+        and a.eps == b.eps
+        and torch.equal(a.mean, b.mean)
+        and torch.equal(a.std, b.std)
+    )
 
 
 def stacked_batch_terms(
@@ -86,32 +103,46 @@ def stacked_batch_terms(
     """
     parts = [_parts(h) for h in heads]
     n_heads = len(heads)
-    # 1. standardisers see the batch (training mode only), in the plain path's order
-    for (x_key, y_key), (norm_y, norm_c, _) in zip(pairs, parts, strict=True):  # type: ignore[misc]
-        norm_c.observe(batch[x_key])
-        norm_y.observe(batch[y_key])
-
-    # 2. first layer and linear context path: one product per representation
-    first = [made.hyper[0] for _, _, made in parts]  # type: ignore[misc]
     d = batch[pairs[0][1]].shape[-1]
+    first = [made.hyper[0] for _, _, made in parts]  # type: ignore[misc]
     hidden = first[0].weight.shape[0]
-    context_out: list[Tensor | None] = [None] * n_heads
     by_x: dict[str, list[int]] = {}
     for index, (x_key, _) in enumerate(pairs):
         by_x.setdefault(x_key, []).append(index)
+
+    # 1. standardisers see the batch (training mode only); one reduction per tensor
+    training = any(norm_c.training for _, norm_c, _ in parts)  # type: ignore[misc]
+    if training:
+        for x_key, indices in by_x.items():
+            flat = batch[x_key].detach().reshape(-1, batch[x_key].shape[-1])
+            mean = flat.mean(0)
+            std = (flat * flat).mean(0).sub_(mean * mean).clamp_min_(0).sqrt_()
+            for i in indices:
+                parts[i][1].observe_moments(batch[x_key], mean, std)  # type: ignore[index]
+        for (_, y_key), (norm_y, _, _) in zip(pairs, parts, strict=True):  # type: ignore[misc]
+            norm_y.observe(batch[y_key])
+
+    # 2. first layer and linear context path: one product per representation. The
+    #    context columns of a MADE's first mask are all ones (checked in `stackable`).
+    context_out: list[Tensor | None] = [None] * n_heads
     for x_key, indices in by_x.items():
-        weights, biases = [], []
-        for i in indices:
-            _, norm_c, made = parts[i]  # type: ignore[misc]
-            inv = 1.0 / norm_c.scale()  # [C]
-            shifted = norm_c.mean * inv  # [C]
-            w1x = (first[i].mask * first[i].weight)[:, d:]  # [H, C]
-            wc = made.context_weight  # [2D, C]
-            w = torch.cat([w1x, wc], dim=0)  # [H + 2D, C]
-            b = torch.cat([first[i].bias, made.context_bias]) - w @ shifted
-            weights.append(w * inv)
-            biases.append(b)
-        out = nn.functional.linear(batch[x_key], torch.cat(weights), torch.cat(biases))
+        w = torch.stack(
+            [torch.cat([first[i].weight[:, d:], parts[i][2].context_weight]) for i in indices]
+        )  # type: ignore[index]  # [k, H + 2D, C]
+        b = torch.stack(
+            [torch.cat([first[i].bias, parts[i][2].context_bias]) for i in indices]  # type: ignore[index]
+        )  # [k, H + 2D]
+        norms = [parts[i][1] for i in indices]  # type: ignore[index]
+        if all(_same_statistics(norms[0], norm) for norm in norms[1:]):
+            # the usual case: the heads of one representation have seen the same batches
+            x = norms[0].standardize(batch[x_key])
+            out = nn.functional.linear(x, w.flatten(0, 1), b.flatten())
+        else:  # fold each head's standardiser into its weights: W (x - m) / s
+            inv = 1.0 / torch.stack([norm.scale() for norm in norms])  # [k, C]
+            shifted = torch.stack([norm.mean for norm in norms]) * inv  # [k, C]
+            w_eff = w * inv.unsqueeze(1)
+            b_eff = b - (w * shifted.unsqueeze(1)).sum(-1)
+            out = nn.functional.linear(batch[x_key], w_eff.flatten(0, 1), b_eff.flatten())
         out = out.unflatten(-1, (len(indices), hidden + 2 * d))  # [B, k, H + 2D]
         for j, i in enumerate(indices):
             context_out[i] = out[:, j]
@@ -123,7 +154,7 @@ def stacked_batch_terms(
         log_det0.append(-norm_y.scale().log().sum())
     y_std = torch.stack(ys)  # [n, B, D]
     ctx = torch.stack(context_out)  # type: ignore[arg-type]  # [n, B, H + 2D]
-    w1y = torch.stack([(f.mask * f.weight)[:, :d] for f in first])  # [n, H, D]
+    w1y = torch.stack([f.mask[:, :d] * f.weight[:, :d] for f in first])  # [n, H, D]
     pre = ctx[..., :hidden] + torch.bmm(y_std, w1y.transpose(1, 2))
     phi = torch.relu(pre)
     for layer_index in (2, 4):

@@ -87,3 +87,22 @@ def test_a_shared_density_observes_each_batch_once():
     assert norm.mean.tolist() == pytest.approx([2.0, 2.0])
     norm.observe(second.clone())  # a new batch (even with equal values) counts
     assert norm.mean.tolist() == pytest.approx([3.0, 3.0])
+
+
+def test_heads_with_different_context_statistics_fold_them_into_the_weights():
+    """Heads of one representation loaded from different runs hold different running
+    statistics; the fast path folds each into its weights and still matches the loop."""
+    fast, plain = _models()
+    for model in (fast, plain):
+        model.train()
+        model.batch_terms(_batch(seed=0))  # initialise every standardiser
+        head = model.estimators["pretrained;nose"]
+        with torch.no_grad():
+            head.q_Y_given_X.context_normalization.mean.add_(0.5)
+            head.q_Y_given_X.context_normalization.std.mul_(1.7)
+            for p in model.parameters():
+                p.add_(
+                    0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()))
+                )
+        model.eval()
+    _assert_same(fast.batch_terms(_batch(seed=5)), plain.batch_terms(_batch(seed=5)))
