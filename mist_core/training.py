@@ -682,41 +682,29 @@ def estimate_mi(
         model.fit(x_train, y_train)
         log = pd.DataFrame(columns=["step", "epoch", "split", "name", "value"])
         log.attrs.update(stopped=False, early_stopped=False, best_step=0, steps=0, epochs=0)
-        mi, std_error = evaluate_mi(
-            model, (x_test, y_test), batch_size=batch_size, return_std_error=True
+    else:
+        # Validate once per epoch (or 10 times over the budget, if that is more often): on
+        # a few thousand samples a critic can overfit within the first tenth of a long
+        # budget, and early stopping can only restore a point it has seen. Patience: at
+        # least a tenth of the budget, or a flow that learns slowly at first is stopped
+        # before it starts.
+        n_fit = len(x_train) - int(len(x_train) * valid_percentage)
+        eval_every = max(1, min(math.ceil(n_fit / batch_size), max_iterations // 10))
+        log = train_mi_estimator(
+            model,
+            (x_train, y_train),
+            max_iterations=max_iterations,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            lr=lr,
+            valid_percentage=valid_percentage,
+            early_stopping=early_stopping,
+            eval_every=eval_every,
+            patience=max(5, math.ceil(max_iterations / 10 / eval_every)),
+            device=device,
+            seed=seed,
+            verbose=verbose,
         )
-        return EstimateResult(
-            mi=float(mi),
-            std_error=float(std_error),
-            estimator=estimator,
-            log=log,
-            model=model,
-            n_train=len(x_train),
-            n_test=n_test,
-            seconds=time.perf_counter() - start,
-        )
-    # Validate once per epoch (or 10 times over the budget, if that is more often): on a
-    # few thousand samples a critic can overfit within the first tenth of a long budget, and
-    # early stopping can only restore a point it has seen. Patience: at least a tenth of
-    # the budget, or a flow that learns slowly at first is stopped before it starts.
-    n_fit = len(x_train) - int(len(x_train) * valid_percentage)
-    eval_every = max(1, min(math.ceil(n_fit / batch_size), max_iterations // 10))
-    patience = max(5, math.ceil(max_iterations / 10 / eval_every))
-    log = train_mi_estimator(
-        model,
-        (x_train, y_train),
-        max_iterations=max_iterations,
-        max_epochs=max_epochs,
-        batch_size=batch_size,
-        lr=lr,
-        valid_percentage=valid_percentage,
-        early_stopping=early_stopping,
-        eval_every=eval_every,
-        patience=patience,
-        device=device,
-        seed=seed,
-        verbose=verbose,
-    )
     mi, std_error = evaluate_mi(
         model, (x_test, y_test), batch_size=batch_size, return_std_error=True
     )

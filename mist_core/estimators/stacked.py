@@ -9,9 +9,9 @@ Here the heads are evaluated at once, with the same parameters and the same numb
 
 - all the heads reading one representation share **one** matrix product, their first
   layers and linear context paths stacked. Their context standardisers have seen the
-  same batches, so they hold the same statistics and standardise once; if they differ
-  (heads loaded from different runs), each is folded into its head's weights
-  (``W (x - m) / s = (W / s) x - W m / s``);
+  same batches, so they hold the same statistics and standardise once (if they differ,
+  as for heads loaded from different runs, each head standardises on its own and the
+  products are batched);
 - the remaining layers of all heads run as batched matrix products (``torch.bmm``);
 - each distinct marginal is evaluated once, and counted in the loss once per head using
   it, exactly as the plain loop counts it.
@@ -116,7 +116,7 @@ def stacked_batch_terms(
         for x_key, indices in by_x.items():
             flat = batch[x_key].detach().reshape(-1, batch[x_key].shape[-1])
             mean = flat.mean(0)
-            std = (flat * flat).mean(0).sub_(mean * mean).clamp_min_(0).sqrt_()
+            std = (flat - mean).square_().mean(0).sqrt_()  # two-pass: exact for large means
             for i in indices:
                 parts[i][1].observe_moments(batch[x_key], mean, std)  # type: ignore[index]
         for (_, y_key), (norm_y, _, _) in zip(pairs, parts, strict=True):  # type: ignore[misc]
@@ -137,13 +137,10 @@ def stacked_batch_terms(
             # the usual case: the heads of one representation have seen the same batches
             x = norms[0].standardize(batch[x_key])
             out = nn.functional.linear(x, w.flatten(0, 1), b.flatten())
-        else:  # fold each head's standardiser into its weights: W (x - m) / s
-            inv = 1.0 / torch.stack([norm.scale() for norm in norms])  # [k, C]
-            shifted = torch.stack([norm.mean for norm in norms]) * inv  # [k, C]
-            w_eff = w * inv.unsqueeze(1)
-            b_eff = b - (w * shifted.unsqueeze(1)).sum(-1)
-            out = nn.functional.linear(batch[x_key], w_eff.flatten(0, 1), b_eff.flatten())
-        out = out.unflatten(-1, (len(indices), hidden + 2 * d))  # [B, k, H + 2D]
+            out = out.unflatten(-1, (len(indices), hidden + 2 * d))  # [B, k, H + 2D]
+        else:  # each head standardises with its own statistics (heads from other runs)
+            x = torch.stack([norm.standardize(batch[x_key]) for norm in norms])  # [k, B, C]
+            out = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)).transpose(0, 1)
         for j, i in enumerate(indices):
             context_out[i] = out[:, j]
 
