@@ -34,7 +34,7 @@ if st.query_params.get("job") and job is None:
 
 PRESET_HELP = {
     "demo-cpu": "The demo: built-in drawn faces, 2,000 small images for training and 500 "
-    "for the test, 6 epochs (about 3-4 minutes on a laptop CPU).",
+    "for the test, 6 epochs (about 2-3 minutes on a 2-core CPU).",
     "seed": "The seed notebook's experiment: CelebA at full size, 20 epochs (hours; for a GPU).",
 }
 
@@ -210,7 +210,9 @@ elif not busy and config is not None and not registry.is_prepared(config):
 
 def _show_progress(snap: JobSnapshot) -> None:
     total = snap.total_steps or 0
-    text = f"**{snap.state.value}** · {snap.message}"
+    text = f"**{snap.state.value}**"
+    if snap.message and snap.message.strip().lower() != snap.state.value.lower():
+        text += f" · {snap.message}"  # "finished · finished" said it twice
     if total and snap.done:
         text += f" · step {snap.step}/{total}"
     elif total:
