@@ -13,8 +13,9 @@ Here the heads are evaluated at once, with the same parameters and the same numb
   as for heads loaded from different runs, each head standardises on its own and the
   products are batched);
 - the remaining layers of all heads run as batched matrix products (``torch.bmm``);
-- each distinct marginal is evaluated once, and counted in the loss once per head using
-  it, exactly as the plain loop counts it.
+- each distinct marginal is evaluated once (the marginals too as one batched network when
+  they share an architecture), and counted in the loss once per head using it, exactly
+  as the plain loop counts it.
 
 Parameters stay in the heads' own modules (they are stacked on every call, and gradients
 flow back through the stacking), so checkpoints, posterior maps and the plain path are
@@ -32,7 +33,11 @@ import torch
 from torch import Tensor, nn
 
 from mist_core.distributions._zuko import MaskedLinear, MonotonicAffineTransform
-from mist_core.distributions.flows import ConditionalTransformedNormal, _MaskedAutoregressive
+from mist_core.distributions.flows import (
+    ConditionalTransformedNormal,
+    TransformedNormal,
+    _MaskedAutoregressive,
+)
 from mist_core.distributions.normalization import EMANorm
 from mist_core.estimators.base import BatchTerms, mi_name
 from mist_core.estimators.generative import DoE
@@ -64,6 +69,71 @@ def _parts(head: DoE) -> tuple[EMANorm, EMANorm, _MaskedAutoregressive] | None:
     if len(linears) != 3 or not all(isinstance(m, nn.ReLU) for m in others):
         return None
     return q.normalization, q.context_normalization, made
+
+
+def _marginal_parts(q: nn.Module) -> tuple[EMANorm, _MaskedAutoregressive] | None:
+    """(standardiser, MADE) of a q(y) that can be stacked with others, or None."""
+    if not isinstance(q, TransformedNormal) or not isinstance(q.normalization, EMANorm):
+        return None
+    layers = list(q.flow.transform.transforms)
+    if len(layers) != 2 or layers[0] is not q.normalization:
+        return None
+    made = layers[1]
+    if not isinstance(made, _MaskedAutoregressive) or made.context_weight is not None:
+        return None
+    if made.univariate is not MonotonicAffineTransform or made.total != 2:
+        return None
+    if not all(isinstance(m, (MaskedLinear, nn.ReLU)) for m in made.hyper):
+        return None
+    return q.normalization, made
+
+
+def _linears(made: _MaskedAutoregressive) -> list[MaskedLinear]:
+    return [m for m in made.hyper if isinstance(m, MaskedLinear)]
+
+
+def _batched_layers(phi: Tensor, layers: Sequence[Sequence[MaskedLinear]]) -> Tensor:
+    """``phi: [n, B, in]`` through ``layers[j][i]`` (layer j of model i), ReLU between."""
+    for j, group in enumerate(layers):
+        w = torch.stack([m.mask * m.weight for m in group])  # [n, out, in]
+        b = torch.stack([m.bias for m in group])  # [n, out]
+        phi = torch.baddbmm(b.unsqueeze(1), phi, w.transpose(1, 2))
+        if j < len(layers) - 1:
+            phi = torch.relu(phi)
+    return phi
+
+
+def _affine_log_prob(phi: Tensor, y_std: Tensor, log_det0: Tensor) -> Tensor:
+    """log q(y) of a one-layer affine MADE flow from its parameters ``phi: [n, B, 2D]``,
+    the standardised ``y_std: [n, B, D]`` and the standardisers' log-determinants ``[n]``."""
+    d = y_std.shape[-1]
+    phi = phi.unflatten(-1, (d, 2))
+    affine = MonotonicAffineTransform(phi[..., 0], phi[..., 1])
+    z = affine(y_std)
+    return (
+        -0.5 * (z * z).sum(-1)
+        - 0.5 * d * _LOG_2PI
+        + affine.log_scale.sum(-1)
+        + log_det0.unsqueeze(-1)
+    )  # [n, B]
+
+
+def _marginals(
+    marginals: Sequence[nn.Module], y_keys: Sequence[str], batch: Mapping[str, Tensor]
+) -> list[Tensor]:
+    """``log q(y)`` ``[B]`` of each distinct marginal: stacked when they allow it."""
+    parts = [_marginal_parts(q) for q in marginals]
+    shapes = {tuple(tuple(m.weight.shape) for m in _linears(p[1])) for p in parts if p}
+    if len(marginals) < 2 or not all(parts) or len(shapes) != 1:
+        return [q.log_prob(batch[y]) for q, y in zip(marginals, y_keys, strict=True)]
+    for (norm, _), y_key in zip(parts, y_keys, strict=True):  # type: ignore[misc]
+        norm.observe(batch[y_key])
+    y_std = torch.stack(
+        [norm.standardize(batch[y]) for (norm, _), y in zip(parts, y_keys, strict=True)]  # type: ignore[misc]
+    )
+    log_det0 = torch.stack([-norm.scale().log().sum() for norm, _ in parts])  # type: ignore[misc]
+    layers = list(zip(*(_linears(made) for _, made in parts), strict=True))  # type: ignore[misc]
+    return list(_affine_log_prob(_batched_layers(y_std, layers), y_std, log_det0))
 
 
 def _shape(head: DoE) -> tuple[int, ...]:
@@ -152,35 +222,21 @@ def stacked_batch_terms(
     y_std = torch.stack(ys)  # [n, B, D]
     ctx = torch.stack(context_out)  # type: ignore[arg-type]  # [n, B, H + 2D]
     w1y = torch.stack([f.mask[:, :d] * f.weight[:, :d] for f in first])  # [n, H, D]
-    pre = ctx[..., :hidden] + torch.bmm(y_std, w1y.transpose(1, 2))
-    phi = torch.relu(pre)
-    for layer_index in (2, 4):
-        layers = [made.hyper[layer_index] for _, _, made in parts]  # type: ignore[misc]
-        w = torch.stack([m.mask * m.weight for m in layers])  # [n, out, in]
-        b = torch.stack([m.bias for m in layers])  # [n, out]
-        phi = torch.baddbmm(b.unsqueeze(1), phi, w.transpose(1, 2))
-        if layer_index == 2:
-            phi = torch.relu(phi)
-    phi = phi + ctx[..., hidden:]  # the linear context path, [n, B, 2D]
-    phi = phi.unflatten(-1, (d, 2))
-    affine = MonotonicAffineTransform(phi[..., 0], phi[..., 1])
-    z = affine(y_std)
-    log_q_cond = (
-        -0.5 * (z * z).sum(-1)
-        - 0.5 * d * _LOG_2PI
-        + affine.log_scale.sum(-1)
-        + torch.stack(log_det0).unsqueeze(-1)
-    )  # [n, B]
+    phi = torch.relu(ctx[..., :hidden] + torch.bmm(y_std, w1y.transpose(1, 2)))
+    rest = list(zip(*(_linears(made)[1:] for _, _, made in parts), strict=True))  # type: ignore[misc]
+    phi = _batched_layers(phi, rest) + ctx[..., hidden:]  # + the linear context path
+    log_q_cond = _affine_log_prob(phi, y_std, torch.stack(log_det0))  # [n, B]
 
-    # 4. each distinct marginal once
-    marginal_values: dict[tuple[int, str], Tensor] = {}
+    # 4. each distinct marginal once, stacked
+    distinct: dict[tuple[int, str], nn.Module] = {}
+    for (_, y_key), head in zip(pairs, heads, strict=True):
+        distinct.setdefault((id(head.q_Y), y_key), head.q_Y)
+    values = _marginals(list(distinct.values()), [y for _, y in distinct], batch)
+    marginal_values = dict(zip(distinct, values, strict=True))
     loss: Tensor | int = 0
     log_ratios: dict[str, Tensor] = {}
     for index, ((x_key, y_key), head) in enumerate(zip(pairs, heads, strict=True)):
-        key = (id(head.q_Y), y_key)
-        if key not in marginal_values:
-            marginal_values[key] = head.q_Y.log_prob(batch[y_key])
-        log_q_y = marginal_values[key]
+        log_q_y = marginal_values[(id(head.q_Y), y_key)]
         log_q = log_q_cond[index]
         loss = loss - log_q.mean() - log_q_y.mean()
         log_ratios[mi_name(x_key, y_key)] = log_q - log_q_y
