@@ -24,8 +24,12 @@ Workloads, samples per second, median of ``--repeats``:
   ``emanorm`` crashes in training.
 - **posterior**: log q over the full 178 x 218 pixel grid for the 15 heads, one image.
 
-The epoch workload (the full model with its ResNet18 encoders) is ``python -m bench.experiment``
-for mist_core; torch-mist has no runner of its own for it.
+- **epoch** (``--workloads epoch``): the seed's full model, 3 ResNet18 encoders (random init
+  and "pretrained" frozen, "finetuned" trained; random weights stand in for ImageNet's,
+  the compute is the same) and the 15 heads, on drawn faces at 96 x 80 and 218 x 178,
+  batch 64, epochs 1 and 2 (mist_core caches the frozen encoders' features after the
+  first). mist_core runs its ``LandmarkExperiment``; torch-mist its
+  ``TransformedMIEstimator`` in a plain loop.
 """
 
 from __future__ import annotations
@@ -201,6 +205,100 @@ def _heads(model, peer: bool):  # noqa: ANN001, ANN202
     return list(zip(model.pairs, model.estimators.values(), strict=True))
 
 
+def _fake_imagenet_home() -> str:
+    """A ``$TORCH_HOME`` whose hub cache holds random ResNet18 weights under the ImageNet
+    file name, so the "pretrained" and "finetuned" encoders build offline. Timing only:
+    the compute is the same as with the real weights."""
+    import tempfile
+
+    import torchvision
+
+    home = tempfile.mkdtemp(prefix="mist-peer-torch-home-")
+    checkpoints = os.path.join(home, "hub", "checkpoints")
+    os.makedirs(checkpoints)
+    torch.manual_seed(1)
+    torch.save(torchvision.models.resnet18().state_dict(),
+               os.path.join(checkpoints, "resnet18-f37072fd.pth"))  # fmt: skip
+    return home
+
+
+def epoch_seconds_mist(n_train: int, size: tuple[int, int], epochs: int = 2) -> list[float]:
+    """mist_core's landmark experiment (random init + 'pretrained' frozen, 'finetuned'
+    trained; 15 heads; batch 64; frozen features cached): seconds per epoch. Epoch 1
+    includes computing the frozen encoders' features; the images are drawn beforehand (as
+    the peer's are)."""
+    from mist_core.experiment import ExperimentConfig, LandmarkExperiment
+    from mist_core.training import Progress
+
+    os.environ["TORCH_HOME"] = _fake_imagenet_home()
+    config = ExperimentConfig(
+        dataset="synthetic",
+        train_size=n_train,
+        test_size=64,
+        valid_fraction=0.0,
+        image_size=size,
+        encoders=REPRESENTATIONS,
+        batch_size=64,
+        epochs=epochs,
+        device="cpu",
+    )
+    experiment = LandmarkExperiment(config)
+    experiment.datasets()  # draw and resize the images (not timed, as for the peer)
+    ends: dict[int, float] = {}
+
+    def callback(progress: Progress) -> None:
+        if progress.split == "train":
+            ends[progress.epoch] = time.perf_counter()
+
+    start = time.perf_counter()
+    experiment.train(callback=callback)
+    marks = [start] + [ends[e] for e in sorted(ends)][:epochs]
+    return [b - a for a, b in zip(marks, marks[1:], strict=False)]
+
+
+def epoch_seconds_peer(n_train: int, size: tuple[int, int], epochs: int = 2) -> list[float]:
+    """The seed's model with torch-mist: 3 torchvision ResNet18 (2 frozen), 15 heads,
+    TransformedMIEstimator, Adam at 5e-4, batch 64: seconds per epoch."""
+    import torchvision
+    from torch_mist.estimators import TransformedMIEstimator
+    from torch_mist.utils import freeze
+
+    from mist_core.data.synthetic_faces import SyntheticFaces
+
+    faces = SyntheticFaces(n_train, seed=0)
+    images, marks = faces.render_many(range(n_train))
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True)
+    data = {"image": x, **{k: torch.as_tensor(v, dtype=torch.float32) for k, v in marks.items()}}
+
+    def encoder(frozen: bool) -> torch.nn.Module:
+        net = torchvision.models.resnet18()
+        net.fc = torch.nn.Identity()
+        return freeze(net) if frozen else net
+
+    torch.manual_seed(0)
+    encoders = {"random_init": encoder(True), "pretrained": encoder(True),
+                "finetuned": encoder(False)}  # fmt: skip
+    model = TransformedMIEstimator(
+        transforms_rename={("image", name): enc for name, enc in encoders.items()},
+        base_estimator=peer_heads(),
+    )
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=5e-4)
+    times = []
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        order = torch.randperm(n_train, generator=generator)
+        start = time.perf_counter()
+        for i in range(0, n_train, 64):
+            idx = order[i : i + 64]
+            loss = model.loss(**{k: v[idx] for k, v in data.items()})
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
 # -- main -------------------------------------------------------------------------------------
 
 
@@ -220,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=40, help="heads: steps per repeat")
-    parser.add_argument("--workloads", default="heads,posterior")
+    parser.add_argument("--workloads", default="heads,posterior", help="heads,posterior,epoch")
+    parser.add_argument("--epoch-images", type=int, default=256, help="epoch: training images")
     args = parser.parse_args(argv)
     workloads = {w.strip() for w in args.workloads.split(",")}
     peer = have_torch_mist()
@@ -271,6 +370,23 @@ def main(argv: list[str] | None = None) -> int:
                 row += f"; torch-mist {theirs:.3f} s; ratio {theirs / ours:.1f}x"
             print(row, flush=True)
             lines.append(row)
+        if "epoch" in workloads:
+            for size in ((96, 80), (218, 178)):
+                ours = epoch_seconds_mist(args.epoch_images, size)
+                row = (
+                    f"epoch ({args.epoch_images} images at {size[0]}x{size[1]}, batch 64), "
+                    f"{threads} thread(s): mist_core "
+                    + ", ".join(f"{args.epoch_images / t:.1f}" for t in ours)
+                    + " images/s (epochs 1, 2)"
+                )
+                if peer:
+                    theirs = epoch_seconds_peer(args.epoch_images, size)
+                    row += "; torch-mist " + ", ".join(
+                        f"{args.epoch_images / t:.1f}" for t in theirs
+                    )
+                    row += f" images/s; ratio from epoch 2 {theirs[-1] / ours[-1]:.1f}x"
+                print(row, flush=True)
+                lines.append(row)
     return 0
 
 
