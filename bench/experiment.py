@@ -10,22 +10,15 @@ training without the cache for ``--uncached-epochs`` epochs.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import re
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
 
-import mist_core
+from bench.record import environment, write_readme_block
 from mist_core.experiment import PRESETS, LandmarkExperiment, preset
 from mist_core.training import Progress
-
-README = Path(__file__).resolve().parent / "README.md"
-BEGIN, END = "<!-- experiment:begin -->", "<!-- experiment:end -->"
 
 
 def _epoch_times(experiment: LandmarkExperiment, epochs: int) -> tuple[pd.DataFrame, list[float]]:
@@ -57,13 +50,6 @@ def table(mi: pd.DataFrame) -> str:
             cells.append(f"{row.mi:.2f} ± {row.std_error:.2f}")
         lines.append(f"| {landmark} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def environment() -> str:
-    return (
-        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), mist_core {mist_core.__version__}"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         )
         block = "\n".join(
             [
-                BEGIN,
                 label,
                 "",
                 "MI in nats on the test images (± standard error):",
@@ -131,17 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                 result,
                 "",
                 *[f"- {line}" for line in lines],
-                END,
             ]
         )
-        text = README.read_text()
-        if BEGIN in text:
-            text = re.sub(
-                re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S
-            )
-        else:
-            text += "\n" + block + "\n"
-        README.write_text(text)
+        write_readme_block("experiment", block)
     return 0
 
 

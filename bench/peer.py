@@ -38,7 +38,6 @@ import argparse
 import importlib.util
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -46,7 +45,7 @@ from collections.abc import Callable
 
 import torch
 
-import mist_core
+from bench.record import environment
 from mist_core import MultiMIEstimator
 from mist_core.experiment import instantiate_estimators
 from mist_core.training import make_optimizer
@@ -126,28 +125,25 @@ def _time_steps(step: Callable[[dict], None], steps: int, repeats: int) -> list[
     return rates
 
 
-def heads_step_mist(model: MultiMIEstimator) -> Callable[[dict], None]:
-    optimizer = make_optimizer("adam", model.parameters(), lr=1e-3)  # as train_mi_estimator
-
+def _step(loss_of: Callable[[dict], torch.Tensor], optimizer) -> Callable[[dict], None]:  # noqa: ANN001
     def step(batch: dict) -> None:
-        loss = model.batch_terms(batch).loss
+        loss = loss_of(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
     return step
+
+
+def heads_step_mist(model: MultiMIEstimator) -> Callable[[dict], None]:
+    """One training step as ``train_mi_estimator`` takes it (its optimizer factory)."""
+    optimizer = make_optimizer("adam", model.parameters(), lr=1e-3)
+    return _step(lambda batch: model.batch_terms(batch).loss, optimizer)
 
 
 def heads_step_peer(model) -> Callable[[dict], None]:  # noqa: ANN001
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)  # torch-mist's default
-
-    def step(batch: dict) -> None:
-        loss = model.loss(**batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
+    """One training step as torch-mist's ``train_mi_estimator`` takes it (plain Adam)."""
+    return _step(lambda batch: model.loss(**batch), torch.optim.Adam(model.parameters(), lr=1e-3))
 
 
 def heads_flops() -> int:
@@ -302,13 +298,6 @@ def epoch_seconds_peer(n_train: int, size: tuple[int, int], epochs: int = 2) -> 
 # -- main -------------------------------------------------------------------------------------
 
 
-def environment() -> str:
-    return (
-        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"mist_core {mist_core.__version__}, Python {platform.python_version()}"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.peer",
@@ -332,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("torch-mist is not importable here: only mist_core is measured "
               "(see this module's docstring for the side-by-side venv).")  # fmt: skip
-    print(environment())
+    print(environment(threads=False))
     lines = []
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)

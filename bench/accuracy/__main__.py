@@ -21,9 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
-import re
 import sys
 import tempfile
 import time
@@ -32,7 +29,6 @@ from pathlib import Path
 
 import torch
 
-import mist_core
 from bench.accuracy.bmi import BMI_ESTIMATORS, BMIBudget, best_per_task, run_bmi
 from bench.accuracy.samplers import BMI_TASKS
 from bench.accuracy.staircase import (
@@ -43,15 +39,10 @@ from bench.accuracy.staircase import (
     plot_staircase,
     run_staircase,
 )
+from bench.record import README, environment, write_readme_block
 
 HERE = Path(__file__).resolve().parent
-README = HERE.parent / "README.md"
 PLOT = HERE / "staircase.png"
-
-
-def _markers(mode: str) -> tuple[str, str]:
-    """The README block of one budget: the lite and the full record are kept apart."""
-    return f"<!-- accuracy-{mode}:begin -->", f"<!-- accuracy-{mode}:end -->"
 
 
 @dataclass(frozen=True)
@@ -92,14 +83,6 @@ BMI_TARGETS: dict[str, float | tuple[str, float]] = {
     "multinormal-sparse-25-25": ("min", 0.80),
     "asinh-student-identity-5-5-2": ("min", 0.30),
 }
-
-
-def environment() -> str:
-    return (
-        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), mist_core {mist_core.__version__}, "
-        f"Python {platform.python_version()}"
-    )
 
 
 # -- tables -----------------------------------------------------------------------------------
@@ -215,21 +198,6 @@ def checks_table(checks: list[dict]) -> str:
     return "\n".join(lines)
 
 
-# -- README -----------------------------------------------------------------------------------
-
-
-def write_readme(text_block: str, mode: str) -> None:
-    begin, end = _markers(mode)
-    text = README.read_text() if README.exists() else "# Benchmarks\n"
-    block = f"{begin}\n{text_block}\n{end}"
-    if begin in text:
-        pattern = re.escape(begin) + ".*?" + re.escape(end)
-        text = re.sub(pattern, lambda _: block, text, flags=re.S)
-    else:
-        text += f"\n{block}\n"
-    README.write_text(text)
-
-
 # -- main -------------------------------------------------------------------------------------
 
 
@@ -339,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(report, indent=1, default=str))
         print(f"wrote {args.json}")
     if mode.name != "quick" and not args.no_readme and args.part == "all":
-        write_readme("\n\n".join(sections), mode.name)
+        write_readme_block(f"accuracy-{mode.name}", "\n\n".join(sections))
         print(f"wrote {README}")
     return 0
 

@@ -20,7 +20,7 @@ import torch
 from bench.accuracy.samplers import BMI_TASKS
 from mist_core import estimate_mi
 
-__all__ = ["BMI_ESTIMATORS", "BMIBudget", "run_bmi", "variant"]
+__all__ = ["BMI_ESTIMATORS", "BMIBudget", "best_per_task", "run_bmi", "variant"]
 
 _SPLINES = {
     "transform_name": "conditional_spline_autoregressive",
