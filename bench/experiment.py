@@ -1,6 +1,7 @@
 """The seed's landmark experiment end to end, with the feature cache on and off.
 
-    python -m bench.experiment --preset demo-cpu [--epochs N] [--write-readme]
+    python -m bench.experiment --preset demo-cpu [--epochs N] [--precision P] [--seed S]
+        [--write-readme]
 
 Trains the preset (feature cache on), prints the MI table (encoder x landmark, nats, with
 standard errors on the held-out test images) and the time per epoch; then times the same
@@ -18,7 +19,8 @@ import torch
 
 from bench.record import environment, write_readme_block
 from mist_core.experiment import PRESETS, LandmarkExperiment, preset
-from mist_core.training import Progress
+from mist_core.precision import PRECISIONS, resolve_precision
+from mist_core.training import Progress, resolve_device
 
 
 def _epoch_times(experiment: LandmarkExperiment, epochs: int) -> tuple[pd.DataFrame, list[float]]:
@@ -66,14 +68,24 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="epochs to time without the feature cache (0: skip)",
     )
+    parser.add_argument(
+        "--precision", default=None, choices=PRECISIONS, help="override the encoders' precision"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="override the preset's seed")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    changes = {"epochs": args.epochs} if args.epochs else {}
+    changes = {
+        name: value
+        for name, value in (("epochs", args.epochs), ("precision", args.precision),
+                            ("seed", args.seed))
+        if value is not None
+    }  # fmt: skip
     config = preset(args.preset, **changes)
     print(f"preset {args.preset}: {config.to_json()}", flush=True)
+    print(f"encoders run in {resolve_precision(config.precision, resolve_device(config.device))}")
 
     start = time.perf_counter()
     experiment = LandmarkExperiment(config)
@@ -102,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_readme:
         label = (
             f"`python -m bench.experiment --preset {args.preset}"
-            f"{f' --epochs {args.epochs}' if args.epochs else ''}`: {config.epochs} epochs, "
+            f"{''.join(f' --{k} {v}' for k, v in changes.items())}`: {config.epochs} epochs, "
             f"{config.train_size} training / {config.test_size} test images at "
             f"{config.image_size[0]}x{config.image_size[1]}, batch {config.batch_size}. "
             f"{environment()}."

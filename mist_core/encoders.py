@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from torchvision.models import ResNet18_Weights, resnet18
 
 from mist_core.freeze import freeze
+from mist_core.precision import PRECISIONS, autocast
 
 __all__ = [
     "ARCHITECTURES",
@@ -264,6 +266,14 @@ class ResNet18Encoder(nn.Module):
         image_size: ``(H, W)`` to resize inputs to (bilinear, antialiased) before the
             network; ``None`` keeps the input size.
         normalize: apply ImageNet mean/std normalisation after resizing.
+        precision: ``"float32"``, or ``"bfloat16"`` to run training steps (training mode
+            with gradients on) under ``torch.autocast`` with channels-last inputs
+            (:mod:`mist_core.precision`). Evaluation, frozen features and posterior maps
+            always run in float32: bfloat16 convolutions are not bit-reproducible (oneDNN's
+            results vary with buffer alignment), and a checkpoint must give the same table
+            every time it is evaluated. The features are float32 either way. ``"auto"`` is
+            resolved by the caller, who knows the device:
+            ``resolve_precision("auto", device)``. Settable later.
 
     The network is ``self.backbone`` (a torchvision ResNet whose ``fc`` is ``nn.Identity``).
     """
@@ -275,10 +285,12 @@ class ResNet18Encoder(nn.Module):
         weights: str | Path | None = None,
         image_size: tuple[int, int] | None = None,
         normalize: bool = True,
+        precision: str = "float32",
     ) -> None:
         super().__init__()
         self.image_size = _check_image_size(image_size)
         self.normalize = bool(normalize)
+        self.precision = precision
         self.out_features = 512
         self.weights_source: str | None = None
         path = self._resolve_weights(weights)
@@ -297,6 +309,20 @@ class ResNet18Encoder(nn.Module):
             "mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False
         )
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def precision(self) -> str:
+        """``"float32"`` or ``"bfloat16"``: how :meth:`forward` runs the network."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        if value not in PRECISIONS or value == "auto":
+            raise ValueError(
+                f"precision must be 'float32' or 'bfloat16' (resolve 'auto' with "
+                f"mist_core.precision.resolve_precision first), got {value!r}"
+            )
+        self._precision = value
 
     @staticmethod
     def _resolve_weights(weights: str | Path | None) -> Path | None:
@@ -348,18 +374,42 @@ class ResNet18Encoder(nn.Module):
         return images
 
     def forward(self, images: Tensor) -> Tensor:
-        """Images ``[B, 3, H, W]`` float in [0, 1] -> pooled features ``[B, 512]``."""
-        return self.backbone(self.preprocess(images))
+        """Images ``[B, 3, H, W]`` float in [0, 1] -> pooled features ``[B, 512]`` float32."""
+        images = self.preprocess(images)
+        if self._precision == "float32" or not (self.training and torch.is_grad_enabled()):
+            return self.backbone(images)
+        # BatchNorm's running statistics move in this pass: keep them in case it fails
+        statistics = [b.clone() for b in self.backbone.buffers()]
+        with autocast(self._precision, images.device.type):
+            features = self.backbone(images.contiguous(memory_format=torch.channels_last))
+        features = features.float()
+        if bool(features.isfinite().all()):
+            return features
+        # oneDNN's bfloat16 convolutions can return NaN on tiny feature maps (seen on AMX
+        # for 40 x 32 inputs, whose last maps are 2 x 1) while float32 is finite: redo the
+        # step in float32 and stay there.
+        warnings.warn(
+            "bfloat16 gave non-finite features for this batch; the encoder continues in "
+            "float32 (set precision='float32' to start there)",
+            RuntimeWarning,
+            stacklevel=4,  # past nn.Module's call machinery, to the caller
+        )
+        with torch.no_grad():
+            for buffer, saved in zip(self.backbone.buffers(), statistics, strict=True):
+                buffer.copy_(saved)
+        self._precision = "float32"
+        return self.backbone(images)
 
     def extra_repr(self) -> str:
         return (
             f"image_size={self.image_size}, normalize={self.normalize}, "
+            f"precision={self._precision}, "
             f"weights={self.weights_source or 'random'}"
         )
 
 
-#: Architectures by name; each is built as ``cls(weights=..., image_size=...)`` where
-#: ``weights`` is None (random), "imagenet" or a file path, and has ``out_features``.
+#: Architectures by name; each is built as ``cls(weights=..., image_size=..., precision=...)``
+#: where ``weights`` is None (random), "imagenet" or a file path, and has ``out_features``.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"resnet18": ResNet18Encoder}
 
 #: How an encoder's weights are initialised.
@@ -425,18 +475,25 @@ def _weights_argument(spec: EncoderSpec) -> str | None:
     return spec.weights_path
 
 
-def build_encoder(spec: EncoderSpec, image_size: tuple[int, int] | None = None) -> nn.Module:
+def build_encoder(
+    spec: EncoderSpec,
+    image_size: tuple[int, int] | None = None,
+    precision: str = "float32",
+) -> nn.Module:
     """Build the encoder ``spec`` describes; frozen (:func:`mist_core.freeze`) unless trainable.
 
     ``image_size`` overrides ``spec.image_size`` when given. The module maps images
-    ``[B, 3, H, W]`` in [0, 1] to features ``[B, out_features]``.
+    ``[B, 3, H, W]`` in [0, 1] to features ``[B, out_features]``. ``precision`` is
+    ``"float32"`` or ``"bfloat16"`` (see :class:`ResNet18Encoder`).
 
     Raises:
         WeightsNotFoundError: ``init="imagenet"`` and the weights file is missing.
         FileNotFoundError / ValueError: ``init="file"`` and the file is missing or unusable.
     """
     size = _check_image_size(image_size) if image_size is not None else spec.image_size
-    encoder = ARCHITECTURES[spec.architecture](weights=_weights_argument(spec), image_size=size)
+    encoder = ARCHITECTURES[spec.architecture](
+        weights=_weights_argument(spec), image_size=size, precision=precision
+    )
     if spec.trainable:
         encoder.requires_grad_(True)
         return encoder

@@ -33,6 +33,7 @@ from mist_core.data.landmarks import LANDMARKS
 from mist_core.data.synthetic_faces import SyntheticFaces
 from mist_core.distributions import conditional_transformed_normal, transformed_normal
 from mist_core.encoders import ENCODER_PRESETS, build_encoder, encoder_availability
+from mist_core.precision import PRECISIONS, resolve_precision
 from mist_core.estimators import (
     CLUB,
     DoE,
@@ -100,6 +101,8 @@ class ExperimentConfig:
     lr: float = 5e-4  # Adam learning rate (heads and fine-tuned encoders)
     early_stopping: bool = False  # stop when the validation loss stops improving
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    precision: str = "auto"  # trained encoders' training steps: "auto" (bfloat16 where
+    # fast), "float32", "bfloat16"; evaluation is always float32 (mist_core.precision)
     seed: int = 0  # data subsets, initialisation and order
     feature_cache: bool = True  # reuse frozen encoders' features across epochs
     preload: bool = True  # decode and resize all images once, in memory
@@ -148,6 +151,11 @@ class ExperimentConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"precision must be one of {', '.join(PRECISIONS)} (the encoders' arithmetic; "
+                f"'auto' is bfloat16 where the hardware is fast), got {self.precision!r}"
+            )
         if not 0.0 <= self.valid_fraction < 0.5:
             raise ValueError(f"valid_fraction must lie in [0, 0.5), got {self.valid_fraction}")
 
@@ -330,7 +338,11 @@ class LandmarkExperiment:
         # the background while a page loads another; interleaved draws would change both).
         with seeded(config.seed):
             self.encoders = {
-                name: build_encoder(ENCODER_PRESETS[name], image_size=config.image_size)
+                name: build_encoder(
+                    ENCODER_PRESETS[name],
+                    image_size=config.image_size,
+                    precision=self.precision,
+                )
                 for name in config.encoders
             }
             estimators = instantiate_estimators(
@@ -415,6 +427,12 @@ class LandmarkExperiment:
     @property
     def device(self) -> torch.device:
         return resolve_device(self.config.device)
+
+    @property
+    def precision(self) -> str:
+        """The trained encoders' arithmetic in training steps, ``"float32"`` or ``"bfloat16"``
+        (``config.precision`` with ``"auto"`` resolved for :attr:`device`)."""
+        return resolve_precision(self.config.precision, self.device)
 
     def datasets(self) -> dict[str, Dataset]:
         """``{"train": ..., "test": ...}`` image datasets (preloaded when configured)."""

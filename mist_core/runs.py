@@ -389,7 +389,11 @@ class Run:
                 text = self.config_path.read_text()
             except FileNotFoundError:
                 raise FileNotFoundError(f"run {self.name!r} has no config.json") from None
-            self._config = ExperimentConfig.from_json(text)
+            config = ExperimentConfig.from_json(text)
+            if '"precision"' not in text:
+                # written before the field existed: those runs' encoders ran in float32
+                config = config.replace(precision="float32")
+            self._config = config
         return self._config
 
     def status_info(self) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from torch import Tensor, nn
 
 from mist_core.estimators.base import BatchEstimator, BatchTerms, MIEstimator, mi_name
-from mist_core.estimators.stacked import stackable, stacked_batch_terms
+from mist_core.estimators.stacked import StackedHeads, stackable
 
 __all__ = ["MultiMIEstimator"]
 
@@ -59,13 +59,17 @@ class MultiMIEstimator(BatchEstimator):
         #: Evaluate DoE heads of one architecture together (same numbers, fewer and larger
         #: matrix products; see :mod:`mist_core.estimators.stacked`). False: one at a time.
         self.stacked = stackable(self.pairs, list(self.estimators.values()))
+        self._stack: StackedHeads | None = None  # built on first use (heads become views)
 
     def batch_terms(self, batch: Mapping[str, Tensor]) -> BatchTerms:
         missing = sorted({k for pair in self.pairs for k in pair} - set(batch))
         if missing:
             raise KeyError(f"the batch has no variable(s) {missing}; it has {sorted(batch)}")
         if self.stacked:
-            return stacked_batch_terms(self.pairs, list(self.estimators.values()), batch)
+            heads = list(self.estimators.values())
+            if self._stack is None or not self._stack.valid(heads):
+                self._stack = StackedHeads(self.pairs, heads)
+            return self._stack.batch_terms(batch)
         loss: Tensor | int = 0
         log_ratios: dict[str, Tensor] = {}
         for (x_key, y_key), estimator in zip(self.pairs, self.estimators.values(), strict=True):
