@@ -69,7 +69,8 @@ class MultiMIEstimator(BatchEstimator):
             heads = list(self.estimators.values())
             if self._stack is None or not self._stack.valid(heads):
                 self._stack = StackedHeads(self.pairs, heads)
-            return self._stack.batch_terms(batch)
+            if self._stack.applies(batch):
+                return self._stack.batch_terms(batch)
         loss: Tensor | int = 0
         log_ratios: dict[str, Tensor] = {}
         for (x_key, y_key), estimator in zip(self.pairs, self.estimators.values(), strict=True):

@@ -145,63 +145,7 @@ def stackable(pairs: Sequence[tuple[str, str]], heads: Sequence[nn.Module]) -> b
     return _same_settings([p[0] for p in marginal_parts])  # type: ignore[index]
 
 
-# -- gradients of stacked storage ------------------------------------------------------------
-
-
-class _Views(torch.autograd.Function):
-    """Views of a stacked storage ``[n, ...]`` whose rows are ``n`` parameters' memory.
-
-    ``forward(stack, regions, *params)`` returns ``stack[region]`` for each region (no
-    copy); the regions partition ``stack``. The backward pass writes the regions' gradients
-    into one buffer and hands parameter ``i`` the view ``buffer[i]``, which autograd keeps
-    as its ``.grad`` without copying.
-    """
-
-    @staticmethod
-    def forward(ctx, stack: Tensor, regions: tuple, *params: Tensor) -> tuple[Tensor, ...]:  # noqa: ANN001
-        ctx.regions = regions
-        ctx.shape = stack.shape
-        return tuple(stack[region] for region in regions)
-
-    @staticmethod
-    def backward(ctx, *grads: Tensor | None) -> tuple[Tensor | None, ...]:  # noqa: ANN001
-        if len(ctx.regions) == 1 and grads[0] is not None:
-            buffer = grads[0].contiguous()
-        else:
-            reference = next(g for g in grads if g is not None)
-            buffer = reference.new_empty(ctx.shape)
-            for region, grad in zip(ctx.regions, grads, strict=True):
-                if grad is None:
-                    buffer[region].zero_()
-                else:
-                    buffer[region].copy_(grad)
-        return (None, None, *buffer.unbind(0))
-
-
-_WHOLE = (slice(None),)
-
-
-class _Linear(torch.autograd.Function):
-    """``x @ w.T + b`` for ``x: [B, C]``, ``w: [M, C]`` (any strides), ``b: [M]``.
-
-    As ``torch.addmm``, but the weight's gradient comes out as ``[M, C]`` in row-major
-    order whatever ``w``'s strides: autograd's own rule returns the transpose of a
-    ``[C, M]`` product when ``w`` is a strided view (a group's first-layer columns are,
-    rows ``D + C`` apart), and copying that into the stacked gradient is a slow transpose.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, w: Tensor, b: Tensor) -> Tensor:  # noqa: ANN001
-        ctx.save_for_backward(x, w)
-        return torch.addmm(b, x, w.t())
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # noqa: ANN001
-        x, w = ctx.saved_tensors
-        grad_x = grad @ w if ctx.needs_input_grad[0] else None
-        grad_w = grad.t() @ x if ctx.needs_input_grad[1] else None
-        grad_b = grad.sum(0) if ctx.needs_input_grad[2] else None
-        return grad_x, grad_w, grad_b
+# -- stacked storage ---------------------------------------------------------------------
 
 
 def _stack_rows(tensors: Sequence[Tensor]) -> Tensor:
@@ -220,13 +164,9 @@ class _Role:
     stack: Tensor
     params: tuple[nn.Parameter, ...]
 
-    def views(self, *regions: tuple) -> tuple[Tensor, ...]:
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self.params):
-            return _Views.apply(self.stack, regions, *self.params)
-        return tuple(self.stack[region] for region in regions)
-
-    def whole(self) -> Tensor:
-        return self.views(_WHOLE)[0]
+    @classmethod
+    def build(cls, params: Sequence[nn.Parameter]) -> _Role:
+        return cls(_stack_rows(params), tuple(params))
 
 
 @dataclass
@@ -250,19 +190,22 @@ class _Norms:
     def tensors(self) -> list[Tensor]:
         return [t for n in self.norms for t in (n.mean, n.std, n.initialized)]
 
-    def observe(self, batch: Mapping[str, Tensor], keys: Sequence[str]) -> None:
-        """Each norm ``i`` observes ``batch[keys[i]]``, as :meth:`EMANorm.observe` would."""
+    def observe(
+        self,
+        batch: Mapping[str, Tensor],
+        keys: Sequence[str],
+        moments: dict[str, tuple[Tensor, Tensor]],
+    ) -> None:
+        """Norm ``i`` observes ``batch[keys[i]]``, as :meth:`EMANorm.observe` would.
+        ``moments`` caches each batch tensor's (mean, std) across calls of one step."""
         if not any(n.training for n in self.norms):
             return
         tensors = [batch[k] for k in keys]
         fresh = [n.training and not n._seen(t) for n, t in zip(self.norms, tensors, strict=True)]
         if not any(fresh) or tensors[0].reshape(-1, self.mean.shape[-1]).shape[0] < 2:
             return
-        moments: dict[str, tuple[Tensor, Tensor]] = {}
-        for key in dict.fromkeys(keys):  # one two-pass reduction per batch tensor
-            flat = batch[key].detach().reshape(-1, self.mean.shape[-1]).to(self.mean.dtype)
-            mean = flat.mean(0)
-            moments[key] = (mean, (flat - mean).square_().mean(0).sqrt_())
+        _moments(batch, [k for k in dict.fromkeys(keys) if k not in moments], moments,
+                 self.mean.shape[-1], self.mean.dtype)  # fmt: skip
         momentum = self.norms[0].momentum
         with torch.no_grad():
             if all(fresh):
@@ -291,6 +234,30 @@ class _Norms:
         """Whether the norms ``rows`` hold the same statistics."""
         mean, std = self.mean[rows], self.std[rows]
         return bool(((mean == mean[:1]).all() & (std == std[:1]).all()))
+
+
+def _moments(
+    batch: Mapping[str, Tensor],
+    keys: Sequence[str],
+    out: dict[str, tuple[Tensor, Tensor]],
+    features: int,
+    dtype: torch.dtype,
+) -> None:
+    """``out[key] = (mean, std)`` ``[D]`` of each ``batch[key]`` (two-pass: exact for large
+    means). Small targets (D <= 16, as landmarks) are reduced together in one pass."""
+    if not keys:
+        return
+    flats = [batch[k].detach().reshape(-1, features).to(dtype) for k in keys]
+    if features <= 16 and len({f.shape for f in flats}) == 1:
+        flat = torch.stack(flats)  # [K, N, D]
+        mean = flat.mean(1, keepdim=True)
+        std = (flat - mean).square_().mean(1).sqrt_()
+        out.update(zip(keys, zip(mean.squeeze(1).unbind(0), std.unbind(0), strict=True),
+                       strict=True))  # fmt: skip
+        return
+    for key, flat in zip(keys, flats, strict=True):
+        mean = flat.mean(0)
+        out[key] = (mean, (flat - mean).square_().mean(0).sqrt_())
 
 
 def _masks(layers: Sequence[MaskedLinear]) -> Tensor:
@@ -327,27 +294,18 @@ class StackedHeads:
         for x_key, indices in groups.items():
             self.groups.append((x_key, slice(start, start + len(indices))))
             start += len(indices)
+        self.context_keys = [pairs[i][0] for i in order]
         self.y_keys = [pairs[i][1] for i in order]
         parts = [_conditional_parts(heads[i]) for i in order]
         made = [p[2] for p in parts]  # type: ignore[index]
         self.d = parts[0][0].features  # type: ignore[index]
         linears = [_linears(m) for m in made]
         self.hidden = linears[0][0].weight.shape[0]
-        self.layers = [
-            _Role(_stack_rows([ls[j].weight for ls in linears]),
-                  tuple(ls[j].weight for ls in linears))
-            for j in range(len(linears[0]))
-        ]  # fmt: skip
-        self.biases = [
-            _Role(_stack_rows([ls[j].bias for ls in linears]), tuple(ls[j].bias for ls in linears))
-            for j in range(len(linears[0]))
-        ]
-        self.context_weight = _Role(
-            _stack_rows([m.context_weight for m in made]), tuple(m.context_weight for m in made)
-        )
-        self.context_bias = _Role(
-            _stack_rows([m.context_bias for m in made]), tuple(m.context_bias for m in made)
-        )
+        n_layers = len(linears[0])
+        self.layers = [_Role.build([ls[j].weight for ls in linears]) for j in range(n_layers)]
+        self.biases = [_Role.build([ls[j].bias for ls in linears]) for j in range(n_layers)]
+        self.context_weight = _Role.build([m.context_weight for m in made])
+        self.context_bias = _Role.build([m.context_bias for m in made])
         self.masks = [_masks([ls[j] for ls in linears]) for j in range(len(linears[0]))]
         self.masks[0] = self.masks[0][:, :, : self.d]  # the context columns are all ones
         self.y_norms = _Norms.build([p[0] for p in parts])  # type: ignore[index]
@@ -363,27 +321,29 @@ class StackedHeads:
                 marginal_rows[id(q)] = len(marginals)
                 marginals.append(q)
                 self.marginal_keys.append(pairs[i][1])
-        self.marginal_of_row = torch.tensor([marginal_rows[id(heads[i].q_Y)] for i in order])
+        device = heads[0].q_Y_given_X.context_normalization.mean.device
+        self.marginal_of_row = torch.tensor(
+            [marginal_rows[id(heads[i].q_Y)] for i in order], device=device
+        )
+        #: how many heads count each marginal in the loss (the plain loop counts it per head)
         self.marginal_uses = torch.bincount(self.marginal_of_row, minlength=len(marginals))
         marginal_parts = [_marginal_parts(q) for q in marginals]
         marginal_linears = [_linears(p[1]) for p in marginal_parts]  # type: ignore[index]
         n_layers = len(marginal_linears[0])
         self.marginal_layers = [
-            _Role(_stack_rows([ls[j].weight for ls in marginal_linears]),
-                  tuple(ls[j].weight for ls in marginal_linears))
-            for j in range(n_layers)
-        ]  # fmt: skip
+            _Role.build([ls[j].weight for ls in marginal_linears]) for j in range(n_layers)
+        ]
         self.marginal_biases = [
-            _Role(_stack_rows([ls[j].bias for ls in marginal_linears]),
-                  tuple(ls[j].bias for ls in marginal_linears))
-            for j in range(n_layers)
-        ]  # fmt: skip
+            _Role.build([ls[j].bias for ls in marginal_linears]) for j in range(n_layers)
+        ]
         self.marginal_masks = [_masks([ls[j] for ls in marginal_linears]) for j in range(n_layers)]
         self.marginal_norms = _Norms.build([p[0] for p in marginal_parts])  # type: ignore[index]
 
-        roles = [*self.layers, *self.biases, self.context_weight, self.context_bias,
-                 *self.marginal_layers, *self.marginal_biases]  # fmt: skip
-        self._tensors = [p for role in roles for p in role.params] + [
+        #: every role, in the order :class:`_StackedDoE` takes their parameters
+        self.roles = [*self.layers, *self.biases, self.context_weight, self.context_bias,
+                      *self.marginal_layers, *self.marginal_biases]  # fmt: skip
+        self.params = [p for role in self.roles for p in role.params]
+        self._tensors = self.params + [
             t for norms in (self.y_norms, self.context_norms, self.marginal_norms)
             for t in norms.tensors()
         ]  # fmt: skip
@@ -407,85 +367,234 @@ class StackedHeads:
 
     # -- evaluation --------------------------------------------------------------------------
 
+    def applies(self, batch: Mapping[str, Tensor]) -> bool:
+        """Whether :meth:`batch_terms` computes this batch: its gradients are written by hand
+        for the densities' parameters and the representations, not for the targets."""
+        return not any(batch[k].requires_grad for k in self.marginal_keys)
+
     def batch_terms(self, batch: Mapping[str, Tensor]) -> BatchTerms:
         """The heads' :class:`BatchTerms`: the same numbers as evaluating each on its own."""
-        d, hidden = self.d, self.hidden
-        self.context_norms.observe(batch, [x for x, rows in self.groups
-                                           for _ in range(rows.stop - rows.start)])  # fmt: skip
-        self.y_norms.observe(batch, self.y_keys)
+        moments: dict[str, tuple[Tensor, Tensor]] = {}  # one reduction per batch tensor
+        self.context_norms.observe(batch, self.context_keys, moments)
+        self.y_norms.observe(batch, self.y_keys, moments)
+        self.marginal_norms.observe(batch, self.marginal_keys, moments)
+        xs = [batch[x_key] for x_key, _ in self.groups]
+        loss, ratios = _StackedDoE.apply(self, batch, *xs, *self.params)
+        rows = ratios.unbind(0)
+        return BatchTerms(loss=loss, log_ratios={name: rows[row] for name, row in self.outputs})
 
-        # 1. first layer (context columns) and linear context path: one product per
-        #    representation
-        w1 = self.layers[0]
-        regions = [(rows, slice(None), slice(d, None)) for _, rows in self.groups]
-        *w1_context, w1_y = w1.views(*regions, (slice(None), slice(None), slice(None, d)))
-        b1 = self.biases[0].views(*[(rows,) for _, rows in self.groups])
-        wc = self.context_weight.views(*[(rows,) for _, rows in self.groups])
-        bc = self.context_bias.views(*[(rows,) for _, rows in self.groups])
-        context_scale = self.context_norms.scale()
-        first, linear = [], []
-        for g, (x_key, rows) in enumerate(self.groups):
-            k = rows.stop - rows.start
-            x = batch[x_key]
-            w = w1_context[g]  # [k, H, C], rows strided by D + C: no copy
-            if self.context_norms.rows_equal(rows):
-                x_std = (x - self.context_norms.mean[rows.start]) / context_scale[rows.start]
-                h = _Linear.apply(x_std, w.flatten(0, 1), b1[g].flatten())  # [B, k H]
-                c = _Linear.apply(x_std, wc[g].flatten(0, 1), bc[g].flatten())  # [B, k 2D]
-                first.append(h.unflatten(-1, (k, hidden)).transpose(0, 1))
-                linear.append(c.unflatten(-1, (k, 2 * d)).transpose(0, 1))
-            else:  # each head standardises with its own statistics (heads from other runs)
-                x_std = (x - self.context_norms.mean[rows, None]) / context_scale[rows, None]
-                first.append(torch.baddbmm(b1[g].unsqueeze(1), x_std, w.transpose(1, 2)))
-                linear.append(torch.baddbmm(bc[g].unsqueeze(1), x_std, wc[g].transpose(1, 2)))
 
-        # 2. the y part of the first layer, then the other layers, batched over heads
-        y_scale = self.y_norms.scale()
-        y = torch.stack([batch[k] for k in self.y_keys])  # [n, B, D]
-        y_std = (y - self.y_norms.mean.unsqueeze(1)) / y_scale.unsqueeze(1)
-        phi = torch.cat(first) if len(first) > 1 else first[0]  # [n, B, H]
-        phi = torch.baddbmm(phi, y_std, (self.masks[0] * w1_y).transpose(1, 2)).relu_()
-        phi = self._layers(phi, self.layers[1:], self.biases[1:], self.masks[1:])
-        phi = phi + (torch.cat(linear) if len(linear) > 1 else linear[0])
-        log_q = _affine_log_prob(phi, y_std, -y_scale.log().sum(-1))  # [n, B]
+# -- the heads' forward and backward passes ---------------------------------------------------
 
-        # 3. the marginals, one row each
-        self.marginal_norms.observe(batch, self.marginal_keys)
-        m_scale = self.marginal_norms.scale()
-        y_m = torch.stack([batch[k] for k in self.marginal_keys])
-        y_m_std = (y_m - self.marginal_norms.mean.unsqueeze(1)) / m_scale.unsqueeze(1)
-        phi_m = self._layers(y_m_std, self.marginal_layers, self.marginal_biases,
-                             self.marginal_masks)  # fmt: skip
-        log_q_y = _affine_log_prob(phi_m, y_m_std, -m_scale.log().sum(-1))  # [m, B]
+#: zuko's MonotonicAffineTransform bounds the log-scale: ls = s / (1 + |s| / L), L = -log(1e-3)
+_SLOPE_BOUND = -math.log(1e-3)
 
-        uses = self.marginal_uses.to(log_q_y.dtype)
-        loss = -log_q.mean(1).sum() - (log_q_y.mean(1) * uses.to(log_q_y.device)).sum()
-        ratios = (log_q - log_q_y[self.marginal_of_row.to(log_q_y.device)]).unbind(0)
-        return BatchTerms(loss=loss, log_ratios={name: ratios[row] for name, row in self.outputs})
+
+def _affine(phi: Tensor, y_std: Tensor, log_det0: Tensor) -> tuple[Tensor, ...]:
+    """log q(y) ``[n, B]`` of a one-layer affine MADE flow from its parameters
+    ``phi: [n, B, 2D]`` (shift and unbounded log-scale interleaved, as zuko unpacks them),
+    the standardised ``y_std: [n, B, D]`` and the standardisers' log-determinants ``[n]``;
+    with what the backward pass needs."""
+    d = y_std.shape[-1]
+    shift, s = phi[..., 0::2], phi[..., 1::2]
+    den = s.abs().div_(_SLOPE_BOUND).add_(1.0)
+    log_scale = s / den
+    scale = log_scale.exp()
+    z = torch.addcmul(shift, y_std, scale)
+    log_q = (
+        (z * z).sum(-1).mul_(-0.5)
+        .add_(log_scale.sum(-1))
+        .add_(log_det0.unsqueeze(-1) - 0.5 * d * math.log(2.0 * math.pi))
+    )  # fmt: skip
+    return log_q, z, scale, den
+
+
+def _affine_backward(
+    grad: Tensor, y_std: Tensor, z: Tensor, scale: Tensor, den: Tensor
+) -> Tensor:
+    """d loss / d phi ``[n, B, 2D]`` from d loss / d log q ``grad: [n, B]``."""
+    g = grad.unsqueeze(-1)
+    d_shift = -g * z  # d log q / d z = -z
+    d_log_scale = torch.addcmul(g.expand_as(z), d_shift * y_std, scale)
+    d_s = d_log_scale / (den * den)  # d (s / (1 + |s| / L)) / d s = 1 / (1 + |s| / L)^2
+    return torch.stack([d_shift, d_s], -1).flatten(-2)
+
+
+def _hidden_forward(
+    a: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]
+) -> tuple[list[Tensor], Tensor]:
+    """``a: [n, B, in]`` through masked ``weights [n, out, in]`` with ReLU between: the
+    input of each layer (what the backward pass needs) and the last layer's output."""
+    inputs = []
+    for j, (w, b) in enumerate(zip(weights, biases, strict=True)):
+        inputs.append(a)
+        out = torch.baddbmm(b.unsqueeze(1), a, w.transpose(1, 2))
+        a = out.relu() if j < len(weights) - 1 else out
+    return inputs, out
+
+
+def _relu_backward(grad: Tensor, output: Tensor) -> Tensor:
+    """``grad`` where the ReLU's ``output`` is positive, else 0: one pass, no mask."""
+    return torch.ops.aten.threshold_backward(grad, output, 0)
+
+
+def _hidden_backward(
+    grad: Tensor, inputs: Sequence[Tensor], weights: Sequence[Tensor], masks: Sequence[Tensor],
+    input_grad: bool,
+) -> tuple[list[Tensor], list[Tensor], Tensor | None]:  # fmt: skip
+    """Weight and bias gradients of :func:`_hidden_forward` from d loss / d its output
+    ``grad``; and d loss / d its input when ``input_grad``."""
+    d_weights, d_biases = [], []
+    for j in range(len(weights) - 1, -1, -1):
+        d_weights.append(torch.bmm(grad.transpose(1, 2), inputs[j]).mul_(masks[j]))
+        d_biases.append(grad.sum(1))
+        if j > 0:  # through the ReLU whose output is inputs[j] (a boolean mask is slower)
+            grad = _relu_backward(torch.bmm(grad, weights[j]), inputs[j])
+        elif input_grad:
+            grad = torch.bmm(grad, weights[0])
+    return d_weights[::-1], d_biases[::-1], grad if input_grad else None
+
+
+class _StackedDoE(torch.autograd.Function):
+    """log q(y | x) ``[n, B]`` and log q(y) ``[m, B]`` of every head and marginal, with a
+    hand-written backward pass: autograd would record ~300 small operations a step and copy
+    each stacked gradient into place; here each gradient is computed once, into one buffer
+    per role, and parameter ``i`` gets the view ``buffer[i]`` as its ``.grad``.
+
+    ``apply(stack, batch, *xs, *params)``: ``xs`` the representations of ``stack.groups``
+    (their gradients are returned when they need them: a trained encoder's features),
+    ``params`` every head's parameters in ``stack.params`` order (inputs only so that
+    autograd routes their gradients; the values are read from the stacked storage).
+    """
 
     @staticmethod
-    def _layers(
-        phi: Tensor, layers: Sequence[_Role], biases: Sequence[_Role], masks: Sequence[Tensor]
-    ) -> Tensor:
-        """``phi: [n, B, in]`` through the stacked layers (masked), ReLU between."""
-        for j, (weight, bias, mask) in enumerate(zip(layers, biases, masks, strict=True)):
-            w = (mask * weight.whole()).transpose(1, 2)
-            phi = torch.baddbmm(bias.whole().unsqueeze(1), phi, w)
-            if j < len(layers) - 1:
-                phi = phi.relu_()
-        return phi
+    def forward(ctx, stack: StackedHeads, batch: Mapping[str, Tensor], *inputs: Tensor):  # noqa: ANN001, ANN205
+        d, hidden = stack.d, stack.hidden
+        n_groups = len(stack.groups)
+        w1 = stack.layers[0].stack
+        b1 = stack.biases[0].stack
+        w_context, b_context = stack.context_weight.stack, stack.context_bias.stack
 
+        # first layer (context columns) and linear context path: one product per
+        # representation, on x standardised once (or per head when the statistics differ)
+        context_scale = stack.context_norms.scale()
+        first, linear, x_std, x_scale = [], [], [], []
+        for x, (_, rows) in zip(inputs[:n_groups], stack.groups, strict=True):
+            k = rows.stop - rows.start
+            w = w1[rows, :, d:]  # [k, H, C], rows D + C apart: no copy
+            if stack.context_norms.rows_equal(rows):
+                scale_g = context_scale[rows.start]
+                # subtract first: x * (1 / scale) - mean / scale cancels digits for raw
+                # features far from zero (means near 1,000 lost 3 digits of the gradient)
+                xs_g = (x - stack.context_norms.mean[rows.start]) / scale_g  # [B, C]
+                h = torch.addmm(b1[rows].flatten(), xs_g, w.flatten(0, 1).t())
+                c = torch.addmm(b_context[rows].flatten(), xs_g,
+                                w_context[rows].flatten(0, 1).t())  # fmt: skip
+                first.append(h.view(-1, k, hidden).transpose(0, 1))
+                linear.append(c.view(-1, k, 2 * d).transpose(0, 1))
+            else:  # heads loaded from different runs: each with its own statistics
+                scale_g = context_scale[rows, None]
+                xs_g = (x - stack.context_norms.mean[rows, None]) / scale_g  # [k, B, C]
+                first.append(torch.baddbmm(b1[rows].unsqueeze(1), xs_g, w.transpose(1, 2)))
+                linear.append(torch.baddbmm(b_context[rows].unsqueeze(1), xs_g,
+                                            w_context[rows].transpose(1, 2)))  # fmt: skip
+            x_std.append(xs_g)
+            x_scale.append(scale_g)
 
-def _affine_log_prob(phi: Tensor, y_std: Tensor, log_det0: Tensor) -> Tensor:
-    """log q(y) of a one-layer affine MADE flow from its parameters ``phi: [n, B, 2D]``,
-    the standardised ``y_std: [n, B, D]`` and the standardisers' log-determinants ``[n]``."""
-    d = y_std.shape[-1]
-    phi = phi.unflatten(-1, (d, 2))
-    affine = MonotonicAffineTransform(phi[..., 0], phi[..., 1])
-    z = affine(y_std)
-    return (
-        -0.5 * (z * z).sum(-1)
-        - 0.5 * d * _LOG_2PI
-        + affine.log_scale.sum(-1)
-        + log_det0.unsqueeze(-1)
-    )  # [n, B]
+        # the y columns of the first layer, the other layers, and the affine flow
+        y_scale = stack.y_norms.scale()
+        y = torch.stack([batch[k] for k in stack.y_keys])  # [n, B, D]
+        y_std = (y - stack.y_norms.mean.unsqueeze(1)) / y_scale.unsqueeze(1)
+        masked = [stack.masks[0] * w1[:, :, :d]]
+        masked += [m * r.stack for m, r in zip(stack.masks[1:], stack.layers[1:], strict=True)]
+        pre1 = torch.cat(first) if n_groups > 1 else first[0].contiguous()  # [n, B, H]
+        a1 = pre1.baddbmm_(y_std, masked[0].transpose(1, 2)).relu_()
+        inputs_, phi = _hidden_forward(a1, masked[1:], [r.stack for r in stack.biases[1:]])
+        phi = phi.add_(torch.cat(linear) if n_groups > 1 else linear[0])
+        log_q, z, scale, den = _affine(phi, y_std, -y_scale.log().sum(-1))
+
+        # the marginals
+        m_scale = stack.marginal_norms.scale()
+        y_m = torch.stack([batch[k] for k in stack.marginal_keys])
+        y_m_std = (y_m - stack.marginal_norms.mean.unsqueeze(1)) / m_scale.unsqueeze(1)
+        m_masked = [m * r.stack for m, r in zip(stack.marginal_masks, stack.marginal_layers,
+                                                 strict=True)]  # fmt: skip
+        m_inputs, m_phi = _hidden_forward(y_m_std, m_masked,
+                                          [r.stack for r in stack.marginal_biases])  # fmt: skip
+        log_q_y, m_z, m_scale_, m_den = _affine(m_phi, y_m_std, -m_scale.log().sum(-1))
+
+        ctx.stack = stack
+        ctx.x_scale = x_scale
+        ctx.lengths = (n_groups, len(inputs_), len(masked), len(m_inputs), len(m_masked))
+        ctx.save_for_backward(y_std, z, scale, den, m_z, m_scale_, m_den, *x_std, *inputs_,
+                              *masked, *m_inputs, *m_masked)  # fmt: skip
+        # the loss counts each marginal once per head using it, as the plain loop does
+        uses = stack.marginal_uses.to(log_q_y.dtype)
+        loss = -(log_q.mean(1).sum() + (log_q_y.mean(1) * uses).sum())
+        return loss, log_q - log_q_y[stack.marginal_of_row]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss: Tensor | None, grad_ratios: Tensor | None):  # noqa: ANN001, ANN205
+        stack: StackedHeads = ctx.stack
+        d, hidden = stack.d, stack.hidden
+        y_std, z, scale, den, m_z, m_scale, m_den, *rest = ctx.saved_tensors
+        lengths = list(ctx.lengths)
+        x_std, inputs, masked, m_inputs, m_masked = [], [], [], [], []
+        for out, length in zip((x_std, inputs, masked, m_inputs, m_masked), lengths, strict=True):
+            out.extend(rest[:length])
+            rest = rest[length:]
+        # d loss / d log q(y | x) [n, B] and d loss / d log q(y) [m, B]
+        batch = z.shape[1]
+        per_sample = (-grad_loss / batch) if grad_loss is not None else z.new_zeros(())
+        grad_log_q = per_sample.expand(z.shape[:2])
+        uses = stack.marginal_uses.to(z.dtype).unsqueeze(1)
+        grad_log_q_y = (per_sample * uses).expand(m_z.shape[:2])
+        if grad_ratios is not None:
+            grad_log_q = grad_log_q + grad_ratios
+            grad_log_q_y = grad_log_q_y.index_add(0, stack.marginal_of_row, grad_ratios, alpha=-1)
+
+        # conditional heads: the flow, the hidden layers, then the first layer
+        d_phi = _affine_backward(grad_log_q, y_std, z, scale, den)  # [n, B, 2D]
+        d_layers, d_biases, d_a1 = _hidden_backward(d_phi, inputs, masked[1:], stack.masks[1:],
+                                                    input_grad=True)  # fmt: skip
+        d_pre1 = _relu_backward(d_a1, inputs[0])  # [n, B, H]; inputs[0] = relu(pre1)
+        w1, w_context = stack.layers[0].stack, stack.context_weight.stack
+        d_w1 = torch.empty_like(w1)
+        # [n, D, B] @ [n, B, H], transposed: a small left operand is the fast way round
+        d_w1[:, :, :d] = torch.bmm(y_std.transpose(1, 2), d_pre1).transpose(1, 2) * stack.masks[0]
+        d_wc = torch.empty_like(w_context)
+        grad_xs: list[Tensor | None] = []
+        for g, (_, rows) in enumerate(stack.groups):
+            k = rows.stop - rows.start
+            xs_g, dh, dc = x_std[g], d_pre1[rows], d_phi[rows]  # [k, B, H], [k, B, 2D]
+            needs = ctx.needs_input_grad[2 + g]
+            if xs_g.dim() == 2:  # standardised once: [B, C]
+                dh = dh.transpose(0, 1).reshape(-1, k * hidden)  # [B, k H]
+                dc = dc.transpose(0, 1).reshape(-1, k * 2 * d)  # [B, k 2D]
+                torch.mm(dh.t(), xs_g, out=d_w1[rows, :, d:].flatten(0, 1))
+                torch.mm(dc.t(), xs_g, out=d_wc[rows].flatten(0, 1))
+                grad_x = (
+                    torch.addmm(dh @ w1[rows, :, d:].flatten(0, 1), dc,
+                                w_context[rows].flatten(0, 1)) if needs else None
+                )  # fmt: skip
+            else:  # per head: [k, B, C]
+                d_w1[rows, :, d:] = torch.bmm(dh.transpose(1, 2), xs_g)
+                d_wc[rows] = torch.bmm(dc.transpose(1, 2), xs_g)
+                grad_x = (
+                    torch.baddbmm(torch.bmm(dh, w1[rows, :, d:]), dc, w_context[rows])
+                    if needs else None
+                )  # fmt: skip
+            if grad_x is not None:
+                grad_x = grad_x.div_(ctx.x_scale[g])
+                grad_x = grad_x.sum(0) if grad_x.dim() == 3 else grad_x
+            grad_xs.append(grad_x)
+
+        # marginals
+        m_d_phi = _affine_backward(grad_log_q_y, m_inputs[0], m_z, m_scale, m_den)
+        m_d_layers, m_d_biases, _ = _hidden_backward(m_d_phi, m_inputs, m_masked,
+                                                     stack.marginal_masks, input_grad=False)  # fmt: skip
+
+        grads = [d_w1, *d_layers, d_pre1.sum(1), *d_biases, d_wc, d_phi.sum(1),
+                 *m_d_layers, *m_d_biases]  # fmt: skip
+        return (None, None, *grad_xs, *(g for grad in grads for g in grad.unbind(0)))

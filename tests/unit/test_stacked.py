@@ -107,3 +107,93 @@ def test_heads_with_different_context_statistics_standardise_on_their_own():
                 )
         model.eval()
     _assert_same(fast.batch_terms(_batch(seed=5)), plain.batch_terms(_batch(seed=5)))
+
+
+def _trained_pair() -> tuple[MultiMIEstimator, MultiMIEstimator]:
+    """Both copies after a few SGD steps: non-zero last layers and EMA statistics."""
+    fast, plain = _models()
+    for model in (fast, plain):
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+        for step in range(3):
+            optimizer.zero_grad()
+            model.batch_terms(_batch(seed=10 + step)).loss.backward()
+            optimizer.step()
+    return fast, plain
+
+
+def _grads(model, batch, weights):
+    """Gradients of loss + sum_k w_k mean(log_ratio_k) w.r.t. the parameters and the
+    representations (as a trained encoder's features need them)."""
+    batch = {k: v.clone().requires_grad_(k in REPRESENTATIONS) for k, v in batch.items()}
+    model.zero_grad(set_to_none=True)
+    terms = model.batch_terms(batch)
+    objective = terms.loss + sum(w * terms.log_ratios[name].mean()
+                                 for name, w in weights.items())  # fmt: skip
+    objective.backward()
+    params = {name: p.grad.clone() for name, p in model.named_parameters()}
+    return params, {k: batch[k].grad.clone() for k in REPRESENTATIONS}
+
+
+def test_hand_written_gradients_match_autograd_through_the_plain_loop():
+    """The fast path's backward pass is written by hand: compare it with autograd's, for
+    the loss and for objectives of the log-ratios, on parameters and representations."""
+    fast, plain = _trained_pair()
+    names = list(plain.batch_terms(_batch()).log_ratios)
+    assert list(fast.batch_terms(_batch()).log_ratios) == names  # (both observe the batch)
+    g = torch.Generator().manual_seed(3)
+    for weights in ({}, {name: float(torch.randn((), generator=g)) for name in names}):
+        batch = _batch(seed=42)
+        fast_params, fast_x = _grads(fast, batch, weights)
+        plain_params, plain_x = _grads(plain, batch, weights)
+        assert fast_params.keys() == plain_params.keys()
+        for name, grad in fast_params.items():
+            torch.testing.assert_close(grad, plain_params[name], rtol=1e-4, atol=1e-6, msg=name)
+        for key, grad in fast_x.items():
+            assert grad.abs().max() > 0
+            torch.testing.assert_close(grad, plain_x[key], rtol=1e-4, atol=1e-7, msg=key)
+
+
+def test_targets_that_need_gradients_take_the_plain_loop():
+    fast, plain = _trained_pair()
+    batch = _batch(seed=7)
+    for model in (fast, plain):
+        model.zero_grad(set_to_none=True)
+    grads = []
+    for model in (fast, plain):
+        leaf = {k: v.clone().requires_grad_(k in LANDMARKS) for k, v in batch.items()}
+        model.batch_terms(leaf).loss.backward()
+        grads.append(torch.cat([leaf[k].grad.flatten() for k in LANDMARKS]))
+    assert not fast._stack.applies({k: v.requires_grad_(k in LANDMARKS)
+                                    for k, v in batch.items()})  # fmt: skip
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_heads_share_the_stacked_storage_and_keep_their_state_dict():
+    fast, plain = _trained_pair()
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    stack = fast._stack
+    head = fast.estimators["finetuned;nose"]
+    weight = head.q_Y_given_X.flow.transform.transforms[1].hyper[0].weight
+    assert weight.untyped_storage().data_ptr() == stack.layers[0].stack.untyped_storage().data_ptr()
+    # gradients arrive as views of one buffer per role
+    fast.zero_grad(set_to_none=True)
+    fast.batch_terms(_batch(seed=1)).loss.backward()
+    assert weight.grad is not None and weight.grad.shape == weight.shape
+    # a copy, a move to another dtype, a reload: each builds a new stack with the same numbers
+    for model in (copy.deepcopy(fast), copy.deepcopy(fast).double()):
+        model.eval()
+        terms = model.batch_terms({k: v.to(next(model.parameters()).dtype)
+                                   for k, v in _batch(seed=8).items()})  # fmt: skip
+        assert model._stack is not stack and model._stack.valid(list(model.estimators.values()))
+        fast.eval()
+        reference = fast.batch_terms(_batch(seed=8))
+        torch.testing.assert_close(terms.loss.float(), reference.loss, rtol=1e-5, atol=1e-4)
+        fast.train()
+    reloaded = MultiMIEstimator(
+        instantiate_estimators(REPRESENTATIONS, LANDMARKS, hidden_dims=(16, 8),
+                               marginal_hidden_dims=(8,))
+    )  # fmt: skip
+    reloaded.load_state_dict(fast.state_dict())
+    reloaded.eval()
+    fast.eval()
+    _assert_same(reloaded.batch_terms(_batch(seed=9)), fast.batch_terms(_batch(seed=9)))
