@@ -54,6 +54,14 @@ REPRESENTATIONS = ("random_init", "pretrained", "finetuned")
 LANDMARKS = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
 FEATURES, HIDDEN, MARGINAL_HIDDEN, BATCH = 512, (128, 64), (64,), 128
 GRID = (218, 178)  # rows (y), columns (x): CelebA's aligned image
+#: where every workload runs (``--device``)
+DEVICE = torch.device("cpu")
+
+
+def _sync() -> None:
+    """Wait for the device's queued work, so that a clock read after it counts it."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def have_torch_mist() -> bool:
@@ -74,7 +82,7 @@ def mist_heads(stacked: bool = True) -> MultiMIEstimator:
         )
     )
     model.stacked = stacked and model.stacked
-    return model
+    return model.to(DEVICE)
 
 
 def peer_heads():  # noqa: ANN201 - a torch_mist MultiMIEstimator
@@ -97,7 +105,7 @@ def peer_heads():  # noqa: ANN201 - a torch_mist MultiMIEstimator
                 normalization=None,
             )
             estimators[(name, landmark)] = DoE(q_Y_given_X=q_y_x, q_Y=q_y)
-    return PeerMulti(estimators)
+    return PeerMulti(estimators).to(DEVICE)
 
 
 def _batch(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -105,7 +113,7 @@ def _batch(n: int, seed: int = 0) -> dict[str, torch.Tensor]:
     batch = {name: torch.randn(n, FEATURES, generator=g).relu() for name in REPRESENTATIONS}
     for landmark in LANDMARKS:
         batch[landmark] = torch.randn(n, 2, generator=g) * 3 + 100
-    return batch
+    return {k: v.to(DEVICE) for k, v in batch.items()}
 
 
 # -- workloads --------------------------------------------------------------------------------
@@ -118,9 +126,11 @@ def _time_steps(step: Callable[[dict], None], steps: int, repeats: int) -> list[
         step(batches[i % len(batches)])
     rates = []
     for _ in range(repeats):
+        _sync()
         start = time.perf_counter()
         for i in range(steps):
             step(batches[i % len(batches)])
+        _sync()
         rates.append(steps * BATCH / (time.perf_counter() - start))
     return rates
 
@@ -161,14 +171,17 @@ def heads_flops() -> int:
 def matmul_gflops(repeats: int = 20) -> float:
     """This machine's dense float32 throughput on the heads' biggest product, GFLOP/s:
     ``[128, 512] @ [512, 640]`` (one representation's 5 heads' first layers)."""
-    a, b = torch.randn(BATCH, FEATURES), torch.randn(FEATURES, 5 * (HIDDEN[0] + 4))
+    a = torch.randn(BATCH, FEATURES, device=DEVICE)
+    b = torch.randn(FEATURES, 5 * (HIDDEN[0] + 4), device=DEVICE)
     for _ in range(5):
         a @ b
     best = math.inf
     for _ in range(repeats):
+        _sync()
         start = time.perf_counter()
         for _ in range(50):
             a @ b
+        _sync()
         best = min(best, (time.perf_counter() - start) / 50)
     return 2 * a.shape[0] * a.shape[1] * b.shape[1] / best / 1e9
 
@@ -177,7 +190,7 @@ def posterior_seconds(model, peer: bool, repeats: int) -> list[float]:  # noqa: 
     """One image: log q(landmark | features) on the full pixel grid, for all 15 heads."""
     rows, cols = GRID
     ys, xs = torch.meshgrid(torch.arange(rows) + 0.5, torch.arange(cols) + 0.5, indexing="ij")
-    grid = torch.stack([xs, ys], -1).reshape(-1, 2)  # [rows * cols, 2]
+    grid = torch.stack([xs, ys], -1).reshape(-1, 2).to(DEVICE)  # [rows * cols, 2]
     generator = torch.Generator().manual_seed(0)
     model.eval()
     times = []
@@ -185,11 +198,13 @@ def posterior_seconds(model, peer: bool, repeats: int) -> list[float]:  # noqa: 
         for _ in range(repeats + 1):
             # a new image each time: torch-mist caches its densities keyed by the inputs'
             # values, so repeating one image would time its cache (0.02 s), not the maps
-            features = {n: torch.randn(FEATURES, generator=generator).relu()
+            features = {n: torch.randn(FEATURES, generator=generator).relu().to(DEVICE)
                         for n in REPRESENTATIONS}  # fmt: skip
+            _sync()
             start = time.perf_counter()
             for (name, _), head in _heads(model, peer):
                 head.q_Y_given_X.condition(features[name]).log_prob(grid)
+            _sync()
             times.append(time.perf_counter() - start)
     return times[1:]
 
@@ -236,7 +251,7 @@ def epoch_seconds_mist(n_train: int, size: tuple[int, int], epochs: int = 2) -> 
         encoders=REPRESENTATIONS,
         batch_size=64,
         epochs=epochs,
-        device="cpu",
+        device=str(DEVICE),
     )
     experiment = LandmarkExperiment(config)
     experiment.datasets()  # draw and resize the images (not timed, as for the peer)
@@ -278,19 +293,21 @@ def epoch_seconds_peer(n_train: int, size: tuple[int, int], epochs: int = 2) -> 
     model = TransformedMIEstimator(
         transforms_rename={("image", name): enc for name, enc in encoders.items()},
         base_estimator=peer_heads(),
-    )
+    ).to(DEVICE)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=5e-4)
     times = []
     generator = torch.Generator().manual_seed(0)
     for _ in range(epochs):
         order = torch.randperm(n_train, generator=generator)
+        _sync()
         start = time.perf_counter()
         for i in range(0, n_train, 64):
             idx = order[i : i + 64]
-            loss = model.loss(**{k: v[idx] for k, v in data.items()})
+            loss = model.loss(**{k: v[idx].to(DEVICE) for k, v in data.items()})
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        _sync()
         times.append(time.perf_counter() - start)
     return times
 
@@ -309,7 +326,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=40, help="heads: steps per repeat")
     parser.add_argument("--workloads", default="heads,posterior", help="heads,posterior,epoch")
     parser.add_argument("--epoch-images", type=int, default=256, help="epoch: training images")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu or cuda[:N]. On cuda mist_core's trained encoder takes bfloat16 training "
+        "steps (precision='auto'); the heads stay float32 on both sides",
+    )
     args = parser.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device is visible here")
     workloads = {w.strip() for w in args.workloads.split(",")}
     peer = have_torch_mist()
     if peer:
@@ -322,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         print("torch-mist is not importable here: only mist_core is measured "
               "(see this module's docstring for the side-by-side venv).")  # fmt: skip
     print(environment(threads=False))
+    if DEVICE.type == "cuda":
+        print(f"device: {torch.cuda.get_device_name(DEVICE)} ({args.device})")
     lines = []
     for threads in [int(t) for t in args.threads.split(",")]:
         torch.set_num_threads(threads)
