@@ -1,6 +1,7 @@
 """mist_core against torch-mist 0.2.17, side by side in one process.
 
-    python -m bench.peer [--threads 1,2] [--repeats 5] [--workloads heads,posterior]
+    python -m bench.peer [--threads 1,2] [--repeats 5] [--workloads heads,posterior,epoch]
+        [--device cpu|cuda]
 
 torch-mist is not a dependency of mist: install it in a venv of its own beside mist's
 requirements (its pins fight ours: numpy < 2), then run this module with that venv's
@@ -28,8 +29,13 @@ Workloads, samples per second, median of ``--repeats``:
   and "pretrained" frozen, "finetuned" trained; random weights stand in for ImageNet's,
   the compute is the same) and the 15 heads, on drawn faces at 96 x 80 and 218 x 178,
   batch 64, epochs 1 and 2 (mist_core caches the frozen encoders' features after the
-  first). mist_core runs its ``LandmarkExperiment``; torch-mist its
-  ``TransformedMIEstimator`` in a plain loop.
+  first). mist_core runs its ``LandmarkExperiment`` with its default ``precision="auto"``
+  (bfloat16 training steps for the trained encoder where the hardware is fast: AMX CPUs,
+  CUDA; see :mod:`mist_core.precision` for the stated tolerance); torch-mist its
+  ``TransformedMIEstimator`` in a plain float32 loop, as its users run it.
+
+``--device cuda`` runs every workload on the GPU (timings synchronise the device). The
+heads stay float32 on both sides; mixed precision is in the encoders' training steps.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ import torch
 from bench.record import environment
 from mist_core import MultiMIEstimator
 from mist_core.experiment import instantiate_estimators
+from mist_core.precision import resolve_precision
 from mist_core.training import make_optimizer
 
 REPRESENTATIONS = ("random_init", "pretrained", "finetuned")
@@ -157,10 +164,13 @@ def heads_step_peer(model) -> Callable[[dict], None]:  # noqa: ANN001
 
 
 def heads_flops() -> int:
-    """Multiply-adds x 2 of one training step (forward + backward ~ 3 x forward), all heads.
+    """Multiply-adds x 2 of one training step, all heads, counted the usual way: the
+    backward pass as twice the forward (3 x forward in all, as in the "6 N per sample" rule).
 
     Per head and sample the conditional MADE's layers are [2 + 512 -> 128 -> 64 -> 4] plus the
     linear context path [512 -> 4]; the marginals [2 -> 64 -> 4] are counted once each.
+    (The features need no gradient here, so the step executes fewer: about 0.62 GFLOP of
+    the 0.88 counted.)
     """
     conditional = (2 + FEATURES) * HIDDEN[0] + HIDDEN[0] * HIDDEN[1] + HIDDEN[1] * 4 + FEATURES * 4
     marginal = 2 * MARGINAL_HIDDEN[0] + MARGINAL_HIDDEN[0] * 4
@@ -233,7 +243,9 @@ def _fake_imagenet_home() -> str:
     return home
 
 
-def epoch_seconds_mist(n_train: int, size: tuple[int, int], epochs: int = 2) -> list[float]:
+def epoch_seconds_mist(
+    n_train: int, size: tuple[int, int], epochs: int = 2, precision: str = "auto"
+) -> list[float]:
     """mist_core's landmark experiment (random init + 'pretrained' frozen, 'finetuned'
     trained; 15 heads; batch 64; frozen features cached): seconds per epoch. Epoch 1
     includes computing the frozen encoders' features; the images are drawn beforehand (as
@@ -252,6 +264,7 @@ def epoch_seconds_mist(n_train: int, size: tuple[int, int], epochs: int = 2) -> 
         batch_size=64,
         epochs=epochs,
         device=str(DEVICE),
+        precision=precision,
     )
     experiment = LandmarkExperiment(config)
     experiment.datasets()  # draw and resize the images (not timed, as for the peer)
@@ -327,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", default="heads,posterior", help="heads,posterior,epoch")
     parser.add_argument("--epoch-images", type=int, default=256, help="epoch: training images")
     parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "float32", "bfloat16"),
+        help="epoch: mist_core's encoder precision (default auto: its default)",
+    )
+    parser.add_argument(
         "--device",
         default="cpu",
         help="cpu or cuda[:N]. On cuda mist_core's trained encoder takes bfloat16 training "
@@ -390,10 +409,11 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(row)
         if "epoch" in workloads:
             for size in ((96, 80), (218, 178)):
-                ours = epoch_seconds_mist(args.epoch_images, size)
+                ours = epoch_seconds_mist(args.epoch_images, size, precision=args.precision)
                 row = (
                     f"epoch ({args.epoch_images} images at {size[0]}x{size[1]}, batch 64), "
-                    f"{threads} thread(s): mist_core "
+                    f"{threads} thread(s): mist_core (encoder training steps in "
+                    f"{resolve_precision(args.precision, DEVICE)}) "
                     + ", ".join(f"{args.epoch_images / t:.1f}" for t in ours)
                     + " images/s (epochs 1, 2)"
                 )
