@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     config = preset(args.preset, **changes)
     print(f"preset {args.preset}: {config.to_json()}", flush=True)
-    print(f"encoders run in {resolve_precision(config.precision, resolve_device(config.device))}")
+    precision = resolve_precision(config.precision, resolve_device(config.device))
+    print(f"trained encoders take their training steps in {precision}")
 
     start = time.perf_counter()
     experiment = LandmarkExperiment(config)
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             f"`python -m bench.experiment --preset {args.preset}"
             f"{''.join(f' --{k} {v}' for k, v in changes.items())}`: {config.epochs} epochs, "
             f"{config.train_size} training / {config.test_size} test images at "
-            f"{config.image_size[0]}x{config.image_size[1]}, batch {config.batch_size}. "
+            f"{config.image_size[0]}x{config.image_size[1]}, batch {config.batch_size}, "
+            f"trained encoder's steps in {precision}. "
             f"{environment()}."
         )
         block = "\n".join(

@@ -34,7 +34,7 @@ if st.query_params.get("job") and job is None:
 
 PRESET_HELP = {
     "demo-cpu": "The demo: built-in drawn faces, 2,000 small images for training and 500 "
-    "for the test, 6 epochs (about 2-3 minutes on a 2-core CPU).",
+    "for the test, 6 epochs (about 2 minutes on a 2-core CPU).",
     "seed": "The seed notebook's experiment: CelebA at full size, 20 epochs (hours; for a GPU).",
 }
 
