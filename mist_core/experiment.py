@@ -33,7 +33,6 @@ from mist_core.data.landmarks import LANDMARKS
 from mist_core.data.synthetic_faces import SyntheticFaces
 from mist_core.distributions import conditional_transformed_normal, transformed_normal
 from mist_core.encoders import ENCODER_PRESETS, build_encoder, encoder_availability
-from mist_core.precision import PRECISIONS, resolve_precision
 from mist_core.estimators import (
     CLUB,
     DoE,
@@ -44,6 +43,7 @@ from mist_core.estimators import (
     parse_mi_name,
 )
 from mist_core.freeze import is_frozen
+from mist_core.precision import PRECISIONS, resolve_precision
 from mist_core.training import (
     Progress,
     ResumeFrom,

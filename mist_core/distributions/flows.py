@@ -136,8 +136,11 @@ class _MaskedAutoregressive(MaskedAutoregressiveTransform):
         if c is None:
             return self.hyper(x)
         layers = list(self.hyper)  # (MaskedMLP[1:] would rebuild a MaskedMLP)
-        if c.dim() == 1 and x.dim() >= 2 and isinstance(first, MaskedLinear) and all(
-            isinstance(layer, MaskedLinear | nn.ReLU) for layer in layers
+        if (
+            c.dim() == 1
+            and x.dim() >= 2
+            and isinstance(first, MaskedLinear)
+            and all(isinstance(layer, MaskedLinear | nn.ReLU) for layer in layers)
         ):
             # one context for many points (a posterior map): the context's terms are
             # computed once and enter the first and last products as their biases, and the

@@ -12,8 +12,12 @@ and dispatch overhead on tiny matrices, and 15 marginal evaluations for 5 margin
   one ``[n_heads, ...]`` tensor, and makes each head's own parameter or buffer a view of
   its row (``param.data = stacked[i]``). The heads keep their modules, names and state
   dicts, so checkpoints, posterior maps and the plain loop see nothing new; the fast path
-  reads the stacked tensors with no copying, and :class:`_Views` sends their gradients
-  back to the heads' parameters as views of one gradient buffer.
+  reads the stacked tensors with no copying.
+- **A hand-written backward pass** (:class:`_StackedDoE`): each stacked gradient is
+  computed once into one buffer, and each head's parameter gets the view of its row as
+  its ``.grad`` (autograd would record ~300 small operations a step). It covers the
+  densities' parameters and the representations (a trained encoder's features); a batch
+  whose targets need gradients takes the plain loop.
 - **One matrix product per representation** for the first layers and linear context
   paths of all the heads reading it. Their context standardisers have seen the same
   batches, so they hold the same statistics and standardise once (if they differ, as for
@@ -233,7 +237,7 @@ class _Norms:
     def rows_equal(self, rows: slice) -> bool:
         """Whether the norms ``rows`` hold the same statistics."""
         mean, std = self.mean[rows], self.std[rows]
-        return bool(((mean == mean[:1]).all() & (std == std[:1]).all()))
+        return bool((mean == mean[:1]).all() & (std == std[:1]).all())
 
 
 def _moments(
@@ -407,9 +411,7 @@ def _affine(phi: Tensor, y_std: Tensor, log_det0: Tensor) -> tuple[Tensor, ...]:
     return log_q, z, scale, den
 
 
-def _affine_backward(
-    grad: Tensor, y_std: Tensor, z: Tensor, scale: Tensor, den: Tensor
-) -> Tensor:
+def _affine_backward(grad: Tensor, y_std: Tensor, z: Tensor, scale: Tensor, den: Tensor) -> Tensor:
     """d loss / d phi ``[n, B, 2D]`` from d loss / d log q ``grad: [n, B]``."""
     g = grad.unsqueeze(-1)
     d_shift = -g * z  # d log q / d z = -z
@@ -590,8 +592,9 @@ class _StackedDoE(torch.autograd.Function):
 
         # marginals
         m_d_phi = _affine_backward(grad_log_q_y, m_inputs[0], m_z, m_scale, m_den)
-        m_d_layers, m_d_biases, _ = _hidden_backward(m_d_phi, m_inputs, m_masked,
-                                                     stack.marginal_masks, input_grad=False)  # fmt: skip
+        m_d_layers, m_d_biases, _ = _hidden_backward(
+            m_d_phi, m_inputs, m_masked, stack.marginal_masks, input_grad=False
+        )
 
         grads = [d_w1, *d_layers, d_pre1.sum(1), *d_biases, d_wc, d_phi.sum(1),
                  *m_d_layers, *m_d_biases]  # fmt: skip

@@ -174,7 +174,9 @@ def test_heads_share_the_stacked_storage_and_keep_their_state_dict():
     stack = fast._stack
     head = fast.estimators["finetuned;nose"]
     weight = head.q_Y_given_X.flow.transform.transforms[1].hyper[0].weight
-    assert weight.untyped_storage().data_ptr() == stack.layers[0].stack.untyped_storage().data_ptr()
+    assert (
+        weight.untyped_storage().data_ptr() == stack.layers[0].stack.untyped_storage().data_ptr()
+    )
     # gradients arrive as views of one buffer per role
     fast.zero_grad(set_to_none=True)
     fast.batch_terms(_batch(seed=1)).loss.backward()
