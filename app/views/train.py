@@ -12,6 +12,13 @@ from mist_core.estimators import parse_mi_name
 from mist_core.experiment import PRESETS, preset
 from mist_core.jobs import JobSnapshot, PreparedImages
 
+#: Choices of ExperimentConfig.precision, as the page names them.
+ARITHMETIC = {
+    "auto": "Automatic (16-bit where fast)",
+    "float32": "32-bit (exact, reproducible)",
+    "bfloat16": "16-bit (bfloat16)",
+}
+
 st.title("Train")
 st.markdown(
     "A neural network turns a face picture into a list of numbers (its *representation*). "
@@ -153,6 +160,18 @@ with st.container(border=True):
         device = c.selectbox("Device", state.devices(), disabled=busy)
         height = a.number_input("Image height (px)", 32, 218, base.image_size[0], disabled=busy)
         width = b.number_input("Image width (px)", 32, 178, base.image_size[1], disabled=busy)
+        precision = c.selectbox(
+            "Arithmetic",
+            list(ARITHMETIC),
+            index=list(ARITHMETIC).index(base.precision),
+            format_func=ARITHMETIC.get,
+            disabled=busy,
+            help="How a network that is being trained does its sums. Automatic uses 16-bit "
+            "numbers (bfloat16) for its training steps where this computer has hardware for "
+            "them: 2-3x faster on large images; the MI moves by less than between two runs "
+            "with different seeds. 32-bit is exact and gives the same numbers run after run. "
+            "Measuring (the results) is always 32-bit.",
+        )
 
 config = None
 problem = None
@@ -175,6 +194,7 @@ else:
             test_size=int(test_size),
             image_size=(int(height), int(width)),
             device=device,
+            precision=precision,
         )
     except ValueError as error:
         problem = str(error)

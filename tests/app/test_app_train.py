@@ -45,7 +45,11 @@ def _rerun_until(at, done, timeout: float = 150.0, what: str = ""):
 
 
 def test_start_trains_to_the_end_and_shows_the_mi(empty_runs):
-    at = _set_advanced(open_page())
+    at = open_page()
+    arithmetic = next(s for s in at.selectbox if s.label == "Arithmetic")
+    assert arithmetic.value == "auto"  # the config's default
+    arithmetic.set_value("float32")
+    at = _set_advanced(at)
     assert not at.warning, texts(at.warning)
     at.button(key="start").click().run()
     assert_no_exception(at)
@@ -54,6 +58,7 @@ def test_start_trains_to_the_end_and_shows_the_mi(empty_runs):
     config = job.snapshot().config
     assert (config.epochs, config.train_size, config.test_size) == (1, 32, 16)
     assert (config.image_size, config.batch_size) == ((40, 32), 8)
+    assert config.precision == "float32"  # chosen below the defaults
 
     assert job.wait(timeout=150), "the tiny training did not end within 150 s"
     at = _rerun_until(at, lambda at: bool(at.success), 30, "the finished message")
