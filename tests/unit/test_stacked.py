@@ -199,3 +199,27 @@ def test_heads_share_the_stacked_storage_and_keep_their_state_dict():
     reloaded.eval()
     fast.eval()
     _assert_same(reloaded.batch_terms(_batch(seed=9)), fast.batch_terms(_batch(seed=9)))
+
+
+@pytest.mark.parametrize("hidden", [(16,), (16, 8, 8)])
+def test_other_depths_match_the_plain_loop(hidden):
+    """One hidden layer, or three, in the heads and two in the marginals: same numbers."""
+    torch.manual_seed(0)
+    fast = MultiMIEstimator(
+        instantiate_estimators(REPRESENTATIONS, LANDMARKS, hidden_dims=hidden,
+                               marginal_hidden_dims=(8, 4))
+    )  # fmt: skip
+    assert fast.stacked
+    plain = copy.deepcopy(fast)
+    plain.stacked = False
+    optimizers = [torch.optim.SGD(m.parameters(), lr=1e-2) for m in (fast, plain)]
+    for step in range(3):
+        batch = _batch(seed=step)
+        terms = [m.batch_terms(batch) for m in (fast, plain)]
+        _assert_same(*terms)
+        for optimizer, term in zip(optimizers, terms, strict=True):
+            optimizer.zero_grad()
+            term.loss.backward()
+            optimizer.step()
+    for (name, a), b in zip(fast.state_dict().items(), plain.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
