@@ -39,6 +39,7 @@ architecture, each used with one target.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -388,8 +389,11 @@ class StackedHeads:
 
 # -- the heads' forward and backward passes ---------------------------------------------------
 
-#: zuko's MonotonicAffineTransform bounds the log-scale: ls = s / (1 + |s| / L), L = -log(1e-3)
-_SLOPE_BOUND = -math.log(1e-3)
+#: zuko's MonotonicAffineTransform bounds the log-scale: ls = s / (1 + |s| / L) with
+#: L = -log(slope), its default slope (1e-3 in zuko 1.6), read from its signature
+_SLOPE_BOUND = -math.log(
+    inspect.signature(MonotonicAffineTransform.__init__).parameters["slope"].default
+)
 
 
 def _affine(phi: Tensor, y_std: Tensor, log_det0: Tensor) -> tuple[Tensor, ...]:
@@ -406,7 +410,7 @@ def _affine(phi: Tensor, y_std: Tensor, log_det0: Tensor) -> tuple[Tensor, ...]:
     log_q = (
         (z * z).sum(-1).mul_(-0.5)
         .add_(log_scale.sum(-1))
-        .add_(log_det0.unsqueeze(-1) - 0.5 * d * math.log(2.0 * math.pi))
+        .add_(log_det0.unsqueeze(-1) - 0.5 * d * _LOG_2PI)
     )  # fmt: skip
     return log_q, z, scale, den
 
