@@ -15,6 +15,7 @@ import logging
 import math
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -458,7 +459,15 @@ def train_mi_estimator(
     epoch = resume.epoch if resume is not None else 0
     batches_in_epoch = resume.batches_in_epoch if resume is not None else 0
     if resume is not None and resume.optimizer_state is not None:
-        opt.load_state_dict(resume.optimizer_state)
+        try:
+            opt.load_state_dict(resume.optimizer_state)
+        except ValueError as error:  # e.g. saved before the heads' weights were stacked
+            warnings.warn(
+                f"the saved optimizer state does not fit this model's parameters ({error}); "
+                "training resumes with the saved weights and a fresh optimizer state",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     samples = 0
     outcome = "finished"  # or "stopped" (stop_event) or "early_stopped"
     last_checkpoint = -1

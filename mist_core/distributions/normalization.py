@@ -62,6 +62,12 @@ class EMANorm(LazyTransform):
     def extra_repr(self) -> str:
         return f"features={self.features}, momentum={self.momentum}"
 
+    def __getstate__(self) -> dict:
+        # pickling (torch.save of a whole model): the last observed batch is not state
+        state = self.__dict__.copy()
+        state["_last_observed"] = None
+        return state
+
     @torch.no_grad()
     def observe(self, y: Tensor) -> None:
         """Update the running statistics from ``y`` of shape ``[..., D]`` (training mode only)."""

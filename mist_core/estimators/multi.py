@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 from torch import Tensor, nn
 
 from mist_core.estimators.base import BatchEstimator, BatchTerms, MIEstimator, mi_name
-from mist_core.estimators.stacked import StackedHeads, stackable
+from mist_core.estimators.stacked import (
+    StackedHeads,
+    StackedParameters,
+    stackable,
+    weight_owners,
+)
 
 __all__ = ["MultiMIEstimator"]
 
@@ -26,6 +32,12 @@ class MultiMIEstimator(BatchEstimator):
 
     The loss is the sum of the estimators' losses. Modules shared between estimators (for
     example one marginal q(y) per target) are trained by each of them.
+
+    DoE heads of one architecture (the seed's) run together
+    (:mod:`mist_core.estimators.stacked`): their weights become a few stacked parameters
+    (``stacked_weights``), which is what ``parameters()`` yields, while the heads keep
+    views of them under their usual names (state dicts are unchanged). Train such heads
+    through this module.
     """
 
     def __init__(self, estimators: Mapping[tuple[str, str], MIEstimator]) -> None:
@@ -59,23 +71,45 @@ class MultiMIEstimator(BatchEstimator):
         #: Evaluate DoE heads of one architecture together (same numbers, fewer and larger
         #: matrix products; see :mod:`mist_core.estimators.stacked`). False: one at a time.
         self.stacked = stackable(self.pairs, list(self.estimators.values()))
-        self._stack: StackedHeads | None = None  # built on first use (heads become views)
+        #: The stacked heads' weights (:class:`StackedParameters`), or None: the heads'
+        #: tensors are then views of its parameters, which is what optimisers see.
+        self.stacked_weights: StackedParameters | None = None
+        if self.stacked:
+            self.stacked_weights = StackedParameters(
+                weight_owners(self.pairs, list(self.estimators.values()))
+            )
+        self._stack: StackedHeads | None = None  # built on first use
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202
+        # a move or cast converts the stacked parameters and the heads' views apart
+        super()._apply(fn, recurse)
+        if self.stacked_weights is not None:
+            self.stacked_weights.relink()
+        return self
 
     def batch_terms(self, batch: Mapping[str, Tensor]) -> BatchTerms:
         missing = sorted({k for pair in self.pairs for k in pair} - set(batch))
         if missing:
             raise KeyError(f"the batch has no variable(s) {missing}; it has {sorted(batch)}")
-        if self.stacked:
+        weights = self.stacked_weights
+        if weights is not None:
             heads = list(self.estimators.values())
             if self._stack is None or not self._stack.valid(heads):
-                self._stack = StackedHeads(self.pairs, heads)
-            if self._stack.applies(batch):
+                # a deep copy, unpickling or load_state_dict(assign=True) left the heads'
+                # tensors apart from the stacked parameters: link them again first
+                weights.relink()
+                self._stack = StackedHeads(self.pairs, heads, weights)
+            if self.stacked and self._stack.applies(batch):
                 return self._stack.batch_terms(batch)
         loss: Tensor | int = 0
         log_ratios: dict[str, Tensor] = {}
-        for (x_key, y_key), estimator in zip(self.pairs, self.estimators.values(), strict=True):
-            terms = estimator.terms(batch[x_key], batch[y_key])
-            loss = loss + terms.loss
-            log_ratios[mi_name(x_key, y_key)] = terms.log_ratio
+        owned = weights.differentiable() if weights is not None else contextlib.nullcontext()
+        with owned:
+            for (x_key, y_key), estimator in zip(
+                self.pairs, self.estimators.values(), strict=True
+            ):
+                terms = estimator.terms(batch[x_key], batch[y_key])
+                loss = loss + terms.loss
+                log_ratios[mi_name(x_key, y_key)] = terms.log_ratio
         assert isinstance(loss, Tensor)
         return BatchTerms(loss=loss, log_ratios=log_ratios)

@@ -7,12 +7,13 @@ and dispatch overhead on tiny matrices, and 15 marginal evaluations for 5 margin
 
 :class:`StackedHeads` evaluates them at once, with the same parameters and the same numbers:
 
-- **One storage per role.** When built, it moves each kind of tensor of every head (the
-  first layer's weights, the second's, the context standardisers' running means...) into
-  one ``[n_heads, ...]`` tensor, and makes each head's own parameter or buffer a view of
-  its row (``param.data = stacked[i]``). The heads keep their modules, names and state
-  dicts, so checkpoints, posterior maps and the plain loop see nothing new; the fast path
-  reads the stacked tensors with no copying.
+- **One parameter per kind of weight.** :class:`StackedParameters` holds each kind of
+  weight of every head (the first layer's weights, the second's, ... the marginals') as
+  one ``[n_heads, ...]`` parameter, and each head's own tensor becomes a buffer that views
+  its row. The heads keep their modules and tensor names, so state dicts, checkpoints and
+  posterior maps keep the per-head layout; optimisers see 12 tensors instead of 140 (Adam
+  and autograd pay per tensor). The EMA standardisers' running statistics are stacked the
+  same way (their buffers view rows of one tensor per role).
 - **A hand-written backward pass** (:class:`_StackedDoE`): each stacked gradient is
   computed once into one buffer, and each head's parameter gets the view of its row as
   its ``.grad`` (autograd would record ~300 small operations a step). It covers the
@@ -30,18 +31,24 @@ and dispatch overhead on tiny matrices, and 15 marginal evaluations for 5 margin
   ``lerp_`` per role.
 
 Anything that replaces a head's tensors (``.to(device)``, ``load_state_dict(assign=True)``,
-a deep copy) leaves the stack stale: :meth:`StackedHeads.valid` notices and the owner
-builds a new one. :func:`stackable` says when the fast path applies: every head a
-:class:`DoE` whose q(y|x) is one affine masked autoregressive layer (``n_transforms=1``,
-D >= 2) with EMA standardisers, the same widths everywhere, and marginals of one
-architecture, each used with one target.
+a deep copy, unpickling) leaves them apart from the stacks: :meth:`StackedHeads.valid`
+notices, :meth:`StackedParameters.relink` takes their values back into the parameters, and
+the owner builds a new :class:`StackedHeads`. Train the heads through their
+:class:`MultiMIEstimator` (its plain loop, too, sends gradients to the stacked parameters):
+a head trained on its own, outside it, would not move them.
+
+:func:`stackable` says when the fast path applies: every head a :class:`DoE` whose q(y|x)
+is one affine masked autoregressive layer (``n_transforms=1``, D >= 2) with EMA
+standardisers, the same widths everywhere, and marginals of one architecture, each used
+with one target.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -57,7 +64,7 @@ from mist_core.distributions.normalization import EMANorm
 from mist_core.estimators.base import BatchTerms, mi_name
 from mist_core.estimators.generative import DoE
 
-__all__ = ["StackedHeads", "stackable"]
+__all__ = ["StackedHeads", "StackedParameters", "stackable", "weight_owners"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -164,14 +171,14 @@ def _stack_rows(tensors: Sequence[Tensor]) -> Tensor:
 
 @dataclass
 class _Role:
-    """One kind of parameter of every row: the stacked storage and the rows' parameters."""
+    """One kind of weight of every row: its stacked parameter ``[n, ...]`` (owned by
+    :class:`StackedParameters`)."""
 
-    stack: Tensor
-    params: tuple[nn.Parameter, ...]
+    param: nn.Parameter
 
-    @classmethod
-    def build(cls, params: Sequence[nn.Parameter]) -> _Role:
-        return cls(_stack_rows(params), tuple(params))
+    @property
+    def stack(self) -> Tensor:
+        return self.param.data
 
 
 @dataclass
@@ -192,8 +199,9 @@ class _Norms:
             _stack_rows([n.initialized for n in norms]),
         )
 
-    def tensors(self) -> list[Tensor]:
-        return [t for n in self.norms for t in (n.mean, n.std, n.initialized)]
+    def places(self) -> list[tuple[nn.Module, str]]:
+        """Where the stacked buffers live: ``(norm, buffer name)``."""
+        return [(n, name) for n in self.norms for name in ("mean", "std", "initialized")]
 
     def observe(
         self,
@@ -267,64 +275,180 @@ def _masks(layers: Sequence[MaskedLinear]) -> Tensor:
     return torch.stack([m.mask.to(m.weight.dtype) for m in layers])
 
 
+# -- who owns the weights ---------------------------------------------------------------------
+
+
+def _stack_order(pairs: Sequence[tuple[str, str]]) -> tuple[list[int], list[tuple[str, slice]]]:
+    """Row ``r`` of every stack is head ``order[r]``: the heads of one representation are
+    consecutive rows (``groups``: ``(x_key, rows)``), so their first layers are one matrix."""
+    groups: dict[str, list[int]] = {}
+    for index, (x_key, _) in enumerate(pairs):
+        groups.setdefault(x_key, []).append(index)
+    order = [i for indices in groups.values() for i in indices]
+    slices, start = [], 0
+    for x_key, indices in groups.items():
+        slices.append((x_key, slice(start, start + len(indices))))
+        start += len(indices)
+    return order, slices
+
+
+def _marginals_in_order(heads: Sequence[DoE], order: Sequence[int]) -> list[nn.Module]:
+    """The distinct marginals q(y), in first-use order along the stack's rows."""
+    return list({id(heads[i].q_Y): heads[i].q_Y for i in order}.values())
+
+
+def weight_owners(pairs: Sequence[tuple[str, str]], heads: Sequence[DoE]) -> list:
+    """``[(modules, name)]``: for each kind of weight, the module holding it in each row (in
+    :func:`_stack_order`) and its attribute name, in the order :class:`_StackedDoE` takes
+    them: the conditional layers' weights, their biases, the linear context path's weight
+    and bias; then the marginals' weights and biases."""
+    order, _ = _stack_order(pairs)
+    made = [_conditional_parts(heads[i])[2] for i in order]  # type: ignore[index]
+    marginals = [_marginal_parts(q)[1] for q in _marginals_in_order(heads, order)]  # type: ignore[index]
+    layers = [_linears(m) for m in made]
+    marginal_layers = [_linears(m) for m in marginals]
+    owners = []
+    for name in ("weight", "bias"):
+        owners += [([ls[j] for ls in layers], name) for j in range(len(layers[0]))]
+    owners += [(made, "context_weight"), (made, "context_bias")]
+    for name in ("weight", "bias"):
+        owners += [
+            ([ls[j] for ls in marginal_layers], name) for j in range(len(marginal_layers[0]))
+        ]
+    return owners
+
+
+class StackedParameters(nn.Module):
+    """The stacked DoE heads' weights: one parameter per kind of weight, ``[n, ...]``.
+
+    The heads keep their modules and the names of their tensors, but each of those tensors
+    becomes a buffer that views its row here. Optimisers therefore see a handful of large
+    tensors instead of one per head and layer (Adam and autograd pay per tensor), while
+    state dicts, checkpoints and posterior maps keep the per-head layout: this module
+    saves and loads nothing of its own, the heads' buffers carry the values.
+
+    Train the heads through their :class:`MultiMIEstimator`: it routes gradients here, on
+    its fast path and (through :meth:`differentiable`) on its plain loop.
+    """
+
+    def __init__(self, owners: list) -> None:
+        super().__init__()
+        self._owners = owners  # [(modules, name)]: plain references, not submodules
+        for index, (modules, name) in enumerate(owners):
+            tensors = [getattr(m, name) for m in modules]
+            with torch.no_grad():
+                stack = torch.stack([t.detach() for t in tensors])
+            param = nn.Parameter(stack, requires_grad=tensors[0].requires_grad)
+            self.register_parameter(f"role{index}", param)
+            for row, module in enumerate(modules):
+                del module._parameters[name]
+                module.register_buffer(name, param.data[row])
+
+    @property
+    def roles(self) -> list[nn.Parameter]:
+        return [getattr(self, f"role{i}") for i in range(len(self._owners))]
+
+    def places(self) -> list[tuple[nn.Module, str]]:
+        """Where the heads' tensors live: ``(module, buffer name)``, row after row."""
+        return [(module, name) for modules, name in self._owners for module in modules]
+
+    def linked(self) -> bool:
+        """Whether every head's buffer is the view of its row."""
+        for param, (modules, name) in zip(self.roles, self._owners, strict=True):
+            base, step = param.data_ptr(), param[0].numel() * param.element_size()
+            for row, module in enumerate(modules):
+                if module._buffers[name].data_ptr() != base + row * step:
+                    return False
+        return True
+
+    @torch.no_grad()
+    def relink(self) -> None:
+        """Make each head's buffer the view of its row again, taking its values: after a
+        move (``.to()``), a deep copy, unpickling or ``load_state_dict(assign=True)``."""
+        for param, (modules, name) in zip(self.roles, self._owners, strict=True):
+            for row, module in enumerate(modules):
+                view = param.data[row]
+                buffer = module._buffers[name]
+                if buffer.data_ptr() != view.data_ptr():
+                    view.copy_(buffer)
+                    module._buffers[name] = view
+
+    @contextlib.contextmanager
+    def differentiable(self) -> Iterator[None]:
+        """While inside, the heads' tensors are differentiable views of the parameters, so
+        evaluating a head on its own sends gradients here."""
+        if not torch.is_grad_enabled():
+            yield
+            return
+        saved = []
+        for param, (modules, name) in zip(self.roles, self._owners, strict=True):
+            for row, module in enumerate(modules):
+                saved.append((module, name, module._buffers[name]))
+                module._buffers[name] = param[row]
+        try:
+            yield
+        finally:
+            for module, name, buffer in saved:
+                module._buffers[name] = buffer
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:  # noqa: ANN001
+        pass  # the heads' buffers hold the values under their usual names
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        pass  # loaded through the heads' buffers, which view these parameters
+
+
 # -- the stacked heads -----------------------------------------------------------------------
 
 
 class StackedHeads:
     """The DoE heads of a :class:`MultiMIEstimator` as stacked tensors (module docstring).
 
-    Built from ``pairs[i] = (x_key, y_key)`` and ``heads[i]`` (which :func:`stackable`
-    accepts); the heads' parameters and buffers become views of the stacked storage.
-    Not an ``nn.Module``: it owns nothing the heads do not already hold.
+    Built from ``pairs[i] = (x_key, y_key)``, ``heads[i]`` (which :func:`stackable`
+    accepts) and their :class:`StackedParameters`; the EMA standardisers' buffers become
+    views of stacked storage. Not an ``nn.Module``: it owns no parameters.
     """
 
-    def __init__(self, pairs: Sequence[tuple[str, str]], heads: Sequence[DoE]) -> None:
+    def __init__(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        heads: Sequence[DoE],
+        weights: StackedParameters,
+    ) -> None:
         with torch.inference_mode(False), torch.no_grad():
-            self._build(list(pairs), list(heads))
+            self._build(list(pairs), list(heads), weights)
 
-    def _build(self, pairs: list[tuple[str, str]], heads: list[DoE]) -> None:
-        groups: dict[str, list[int]] = {}
-        for index, (x_key, _) in enumerate(pairs):
-            groups.setdefault(x_key, []).append(index)
-        #: row r of every stack is head ``order[r]``; the heads of one representation are
-        #: consecutive rows (``groups``), so their first layers are one matrix
-        order = [i for indices in groups.values() for i in indices]
+    def _build(
+        self, pairs: list[tuple[str, str]], heads: list[DoE], weights: StackedParameters
+    ) -> None:
+        order, self.groups = _stack_order(pairs)
         row_of = {i: row for row, i in enumerate(order)}
         #: ``(name, row)`` of each head in the caller's order
         self.outputs = [(mi_name(*pair), row_of[i]) for i, pair in enumerate(pairs)]
-        self.groups: list[tuple[str, slice]] = []
-        start = 0
-        for x_key, indices in groups.items():
-            self.groups.append((x_key, slice(start, start + len(indices))))
-            start += len(indices)
         self.context_keys = [pairs[i][0] for i in order]
         self.y_keys = [pairs[i][1] for i in order]
         parts = [_conditional_parts(heads[i]) for i in order]
         made = [p[2] for p in parts]  # type: ignore[index]
         self.d = parts[0][0].features  # type: ignore[index]
         linears = [_linears(m) for m in made]
-        self.hidden = linears[0][0].weight.shape[0]
         n_layers = len(linears[0])
-        self.layers = [_Role.build([ls[j].weight for ls in linears]) for j in range(n_layers)]
-        self.biases = [_Role.build([ls[j].bias for ls in linears]) for j in range(n_layers)]
-        self.context_weight = _Role.build([m.context_weight for m in made])
-        self.context_bias = _Role.build([m.context_bias for m in made])
-        self.masks = [_masks([ls[j] for ls in linears]) for j in range(len(linears[0]))]
+        self.hidden = linears[0][0].weight.shape[0]
+        roles = [_Role(p) for p in weights.roles]
+        self.layers, roles = roles[:n_layers], roles[n_layers:]
+        self.biases, roles = roles[:n_layers], roles[n_layers:]
+        (self.context_weight, self.context_bias), roles = roles[:2], roles[2:]
+        self.masks = [_masks([ls[j] for ls in linears]) for j in range(n_layers)]
         self.masks[0] = self.masks[0][:, :, : self.d]  # the context columns are all ones
         self.y_norms = _Norms.build([p[0] for p in parts])  # type: ignore[index]
         self.context_norms = _Norms.build([p[1] for p in parts])  # type: ignore[index]
 
         # marginals: one row each, in first-use order; row of each head's marginal
-        marginal_rows: dict[int, int] = {}
-        marginals: list[nn.Module] = []
-        self.marginal_keys: list[str] = []
-        for i in order:
-            q = heads[i].q_Y
-            if id(q) not in marginal_rows:
-                marginal_rows[id(q)] = len(marginals)
-                marginals.append(q)
-                self.marginal_keys.append(pairs[i][1])
-        device = heads[0].q_Y_given_X.context_normalization.mean.device
+        marginals = _marginals_in_order(heads, order)
+        marginal_rows = {id(q): row for row, q in enumerate(marginals)}
+        self.marginal_keys = [
+            next(pairs[i][1] for i in order if heads[i].q_Y is q) for q in marginals
+        ]
+        device = weights.roles[0].device
         self.marginal_of_row = torch.tensor(
             [marginal_rows[id(heads[i].q_Y)] for i in order], device=device
         )
@@ -332,34 +456,35 @@ class StackedHeads:
         self.marginal_uses = torch.bincount(self.marginal_of_row, minlength=len(marginals))
         marginal_parts = [_marginal_parts(q) for q in marginals]
         marginal_linears = [_linears(p[1]) for p in marginal_parts]  # type: ignore[index]
-        n_layers = len(marginal_linears[0])
-        self.marginal_layers = [
-            _Role.build([ls[j].weight for ls in marginal_linears]) for j in range(n_layers)
-        ]
-        self.marginal_biases = [
-            _Role.build([ls[j].bias for ls in marginal_linears]) for j in range(n_layers)
-        ]
-        self.marginal_masks = [_masks([ls[j] for ls in marginal_linears]) for j in range(n_layers)]
+        m_layers = len(marginal_linears[0])
+        self.marginal_layers, self.marginal_biases = roles[:m_layers], roles[m_layers:]
+        self.marginal_masks = [_masks([ls[j] for ls in marginal_linears]) for j in range(m_layers)]
         self.marginal_norms = _Norms.build([p[0] for p in marginal_parts])  # type: ignore[index]
 
-        #: every role, in the order :class:`_StackedDoE` takes their parameters
-        self.roles = [*self.layers, *self.biases, self.context_weight, self.context_bias,
-                      *self.marginal_layers, *self.marginal_biases]  # fmt: skip
-        self.params = [p for role in self.roles for p in role.params]
-        self._tensors = self.params + [
-            t for norms in (self.y_norms, self.context_norms, self.marginal_norms)
-            for t in norms.tensors()
+        #: the stacked parameters, in the order :class:`_StackedDoE` takes them
+        self.params = weights.roles
+        #: the heads' tensors that view stacked storage, by where they live: a load with
+        #: assign=True or a copy puts new tensors there, which the pointers then show
+        self._places = weights.places() + [
+            place for norms in (self.y_norms, self.context_norms, self.marginal_norms)
+            for place in norms.places()
         ]  # fmt: skip
-        self._pointers = [t.data_ptr() for t in self._tensors]
+        self._pointers = self._current_pointers()
         self._modules = [heads[i] for i in order]
 
+    def _current_pointers(self) -> list[int]:
+        return [p.data_ptr() for p in self.params] + [
+            module._buffers[name].data_ptr() for module, name in self._places
+        ]
+
     def valid(self, heads: Sequence[nn.Module]) -> bool:
-        """Whether every head's tensors are still the views this stack made (nothing moved
-        them to another device or replaced them) and the heads are the same modules."""
+        """Whether the stacked parameters and every head's tensors are still where this
+        stack found them (nothing moved them to another device, copied or replaced them)
+        and the heads are the same modules."""
         return (
             len(heads) == len(self._modules)
             and set(map(id, heads)) == set(map(id, self._modules))
-            and [t.data_ptr() for t in self._tensors] == self._pointers
+            and self._current_pointers() == self._pointers
         )
 
     def __deepcopy__(self, memo: dict) -> None:
@@ -602,4 +727,4 @@ class _StackedDoE(torch.autograd.Function):
 
         grads = [d_w1, *d_layers, d_pre1.sum(1), *d_biases, d_wc, d_phi.sum(1),
                  *m_d_layers, *m_d_biases]  # fmt: skip
-        return (None, None, *grad_xs, *(g for grad in grads for g in grad.unbind(0)))
+        return (None, None, *grad_xs, *grads)

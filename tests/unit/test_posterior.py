@@ -122,5 +122,6 @@ def test_one_context_for_a_grid_gives_the_same_log_prob_as_one_context_per_point
     torch.testing.assert_close(
         q64.condition(context.double()).log_prob(grid.double()),
         q64.condition(context.double().expand(7, 5, 32)).log_prob(grid.double()),
-        rtol=1e-10, atol=1e-10,
+        rtol=1e-10,
+        atol=1e-10,
     )

@@ -174,13 +174,20 @@ def test_heads_share_the_stacked_storage_and_keep_their_state_dict():
     stack = fast._stack
     head = fast.estimators["finetuned;nose"]
     weight = head.q_Y_given_X.flow.transform.transforms[1].hyper[0].weight
-    assert (
-        weight.untyped_storage().data_ptr() == stack.layers[0].stack.untyped_storage().data_ptr()
-    )
-    # gradients arrive as views of one buffer per role
+    first_layers = stack.layers[0].param
+    assert weight.data_ptr() in {first_layers[i].data_ptr() for i in range(len(first_layers))}
+    # optimisers see one stacked parameter per kind of weight, not 8 a head and 4 a marginal
+    names = [name for name, _ in fast.named_parameters()]
+    assert names and all(name.startswith("stacked_weights.") for name in names)
+    assert len(names) == len(stack.params) == 12  # 3 layers x 2 + context path 2 + marginal 4
+    torch.manual_seed(0)
+    unwrapped = instantiate_estimators(REPRESENTATIONS, LANDMARKS, hidden_dims=(16, 8),
+                                       marginal_hidden_dims=(8,))  # fmt: skip
+    distinct = {id(p): p for e in unwrapped.values() for p in e.parameters()}
+    assert sum(p.numel() for p in fast.parameters()) == sum(p.numel() for p in distinct.values())
     fast.zero_grad(set_to_none=True)
     fast.batch_terms(_batch(seed=1)).loss.backward()
-    assert weight.grad is not None and weight.grad.shape == weight.shape
+    assert all(p.grad is not None and p.grad.shape == p.shape for p in fast.parameters())
     # a copy, a move to another dtype, a reload: each builds a new stack with the same numbers
     for model in (copy.deepcopy(fast), copy.deepcopy(fast).double()):
         model.eval()
@@ -223,3 +230,28 @@ def test_other_depths_match_the_plain_loop(hidden):
             optimizer.step()
     for (name, a), b in zip(fast.state_dict().items(), plain.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_pickled_and_assign_loaded_models_use_their_own_values(tmp_path):
+    """After torch.save/torch.load of the whole model, or load_state_dict(assign=True), the
+    heads' tensors are no longer views of the stacked parameters: the next call takes
+    their values into the stack and links them again."""
+    fast, _ = _trained_pair()
+    fast.eval()
+    reference = fast.batch_terms(_batch(seed=4))
+    torch.save(fast, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    _assert_same(loaded.batch_terms(_batch(seed=4)), reference)
+    assert loaded.stacked_weights.linked()
+
+    # assign=True replaces the heads' tensors by the given ones, here moved by +0.1
+    state = {k: v.clone() + (0.1 if k.endswith("weight") else 0.0) if v.is_floating_point()
+             else v.clone() for k, v in fast.state_dict().items()}  # fmt: skip
+    fast.load_state_dict(state, assign=True)
+    assert not fast.stacked_weights.linked()
+    moved = fast.batch_terms(_batch(seed=4))
+    assert fast.stacked_weights.linked()
+    plain = copy.deepcopy(fast)
+    plain.stacked = False
+    _assert_same(moved, plain.batch_terms(_batch(seed=4)))
+    assert not torch.allclose(moved.loss, reference.loss)

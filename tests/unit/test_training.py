@@ -279,3 +279,19 @@ def test_resume_mid_epoch_continues_exactly_where_it_stopped():
     assert train_steps(part1) + train_steps(part2) == train_steps(full)
     for key, value in reference.state_dict().items():
         torch.testing.assert_close(second.state_dict()[key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_an_optimizer_state_of_another_layout_warns_and_training_goes_on():
+    """A checkpoint saved before the heads' weights were stacked holds one Adam state per
+    head tensor: resuming takes the weights and restarts the optimizer, with a warning."""
+    from mist_core.training import ResumeFrom
+
+    x, y = _data(256)
+    other = torch.optim.Adam([torch.nn.Parameter(torch.zeros(3)) for _ in range(5)])
+    other.step()  # (no gradients: an empty but valid state)
+    with pytest.warns(RuntimeWarning, match="fresh optimizer state"):
+        log = train_mi_estimator(
+            _doe(), (x, y), max_epochs=1, batch_size=64, device="cpu",
+            resume=ResumeFrom(0, 0, 0, other.state_dict()),
+        )  # fmt: skip
+    assert log.attrs["steps"] == 4
