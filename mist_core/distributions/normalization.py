@@ -19,6 +19,14 @@ from mist_core.distributions._zuko import LazyTransform
 __all__ = ["EMANorm"]
 
 
+def _mean_std(flat: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and biased std ``[D]`` of ``flat: [N, D]`` in two passes: exact for values far
+    from zero, and ~10x faster than ``Tensor.std(0)`` (whose reduction across rows is slow
+    on CPU: 0.64 ms for [128, 512], against 0.05 ms)."""
+    mean = flat.mean(0)
+    return mean, (flat - mean).square_().mean(0).sqrt_()
+
+
 class EMANorm(LazyTransform):
     r"""Standardises :math:`y \mapsto (y - \mu) / s` with running statistics,
     :math:`s = \max(\sigma, r \bar\sigma) + \epsilon`.
@@ -83,7 +91,7 @@ class EMANorm(LazyTransform):
         flat = y.detach().reshape(-1, self.features).to(self.mean.dtype)
         if flat.shape[0] < 2:
             return  # one sample says nothing about the spread
-        self._update(flat.mean(0), flat.std(0, unbiased=False))
+        self._update(*_mean_std(flat))
 
     def _seen(self, y: Tensor) -> bool:
         """One update per batch: heads sharing this density (a marginal shared by several
@@ -91,7 +99,8 @@ class EMANorm(LazyTransform):
         last = self._last_observed() if self._last_observed is not None else None
         if last is y:
             return True
-        self._last_observed = weakref.ref(y)
+        # a plain attribute: past nn.Module.__setattr__'s checks (~35 of these a step)
+        self.__dict__["_last_observed"] = weakref.ref(y)
         return False
 
     @torch.no_grad()

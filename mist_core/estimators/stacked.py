@@ -60,7 +60,7 @@ from mist_core.distributions.flows import (
     TransformedNormal,
     _MaskedAutoregressive,
 )
-from mist_core.distributions.normalization import EMANorm
+from mist_core.distributions.normalization import EMANorm, _mean_std
 from mist_core.estimators.base import BatchTerms, mi_name
 from mist_core.estimators.generative import DoE
 
@@ -256,19 +256,21 @@ def _moments(
     features: int,
     dtype: torch.dtype,
 ) -> None:
-    """``out[key] = (mean, std)`` ``[D]`` of each ``batch[key]``, by the reductions
-    :meth:`EMANorm.observe` uses (``std`` is the biased one). Small targets (D <= 16, as
-    landmarks) are reduced together."""
+    """``out[key] = (mean, std)`` ``[D]`` of each ``batch[key]``, by the two-pass
+    reduction :meth:`EMANorm.observe` uses (``std`` is the biased one). Small targets
+    (D <= 16, as landmarks) are reduced together."""
     if not keys:
         return
     flats = [batch[k].detach().reshape(-1, features).to(dtype) for k in keys]
     if features <= 16 and len({f.shape for f in flats}) == 1:
         flat = torch.stack(flats)  # [K, N, D]
-        mean, std = flat.mean(1), flat.std(1, unbiased=False)
-        out.update(zip(keys, zip(mean.unbind(0), std.unbind(0), strict=True), strict=True))
+        mean = flat.mean(1, keepdim=True)
+        std = (flat - mean).square_().mean(1).sqrt_()
+        out.update(zip(keys, zip(mean.squeeze(1).unbind(0), std.unbind(0), strict=True),
+                       strict=True))  # fmt: skip
         return
     for key, flat in zip(keys, flats, strict=True):
-        out[key] = (flat.mean(0), flat.std(0, unbiased=False))
+        out[key] = _mean_std(flat)
 
 
 def _masks(layers: Sequence[MaskedLinear]) -> Tensor:
