@@ -71,8 +71,9 @@ class MultiMIEstimator(BatchEstimator):
         #: Evaluate DoE heads of one architecture together (same numbers, fewer and larger
         #: matrix products; see :mod:`mist_core.estimators.stacked`). False: one at a time.
         self.stacked = stackable(self.pairs, list(self.estimators.values()))
-        #: The stacked heads' weights (:class:`StackedParameters`), or None: the heads'
-        #: tensors are then views of its parameters, which is what optimisers see.
+        #: The stacked heads' weights (:class:`StackedParameters`; None when the heads do
+        #: not stack). When set, the heads' tensors are views of its parameters, and those
+        #: parameters are what optimisers see.
         self.stacked_weights: StackedParameters | None = None
         if self.stacked:
             self.stacked_weights = StackedParameters(
