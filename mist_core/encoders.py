@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torchvision.models import ResNet18_Weights, resnet18
 
 from mist_core.freeze import freeze
-from mist_core.precision import PRECISIONS, autocast
+from mist_core.precision import PRECISIONS
 
 __all__ = [
     "ARCHITECTURES",
@@ -380,7 +380,7 @@ class ResNet18Encoder(nn.Module):
             return self.backbone(images)
         # BatchNorm's running statistics move in this pass: keep them in case it fails
         statistics = [b.clone() for b in self.backbone.buffers()]
-        with autocast(self._precision, images.device.type):
+        with torch.autocast(device_type=images.device.type, dtype=torch.bfloat16):
             features = self.backbone(images.contiguous(memory_format=torch.channels_last))
         features = features.float()
         if bool(features.isfinite().all()):

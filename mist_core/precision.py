@@ -17,12 +17,9 @@ AMX tiles or AVX512-BF16 instructions. Elsewhere bfloat16 would be emulated and 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 
-__all__ = ["PRECISIONS", "autocast", "fast_bfloat16", "resolve_precision"]
+__all__ = ["PRECISIONS", "fast_bfloat16", "resolve_precision"]
 
 #: Accepted values of ``precision``: ``"auto"`` resolves to one of the other two.
 PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
@@ -54,13 +51,3 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     if precision == "auto":
         return "bfloat16" if fast_bfloat16(device) else "float32"
     return precision
-
-
-@contextlib.contextmanager
-def autocast(precision: str, device_type: str) -> Iterator[None]:
-    """``torch.autocast`` to bfloat16 when ``precision == "bfloat16"``; nothing otherwise."""
-    if precision == "bfloat16":
-        with torch.autocast(device_type=device_type, dtype=torch.bfloat16):
-            yield
-    else:
-        yield

@@ -390,7 +390,7 @@ class Run:
             except FileNotFoundError:
                 raise FileNotFoundError(f"run {self.name!r} has no config.json") from None
             config = ExperimentConfig.from_json(text)
-            if '"precision"' not in text:
+            if "precision" not in json.loads(text):
                 # written before the field existed: those runs' encoders ran in float32
                 config = config.replace(precision="float32")
             self._config = config

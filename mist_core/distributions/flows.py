@@ -136,39 +136,27 @@ class _MaskedAutoregressive(MaskedAutoregressiveTransform):
         if c is None:
             return self.hyper(x)
         layers = list(self.hyper)  # (MaskedMLP[1:] would rebuild a MaskedMLP)
-        if (
-            c.dim() == 1
-            and x.dim() >= 2
-            and isinstance(first, MaskedLinear)
-            and all(isinstance(layer, MaskedLinear | nn.ReLU) for layer in layers)
-        ):
+        if c.dim() == 1 and x.dim() >= 2 and isinstance(first, MaskedLinear):
             # one context for many points (a posterior map): the context's terms are
-            # computed once and enter the first and last products as their biases, and the
-            # ReLUs act in place; every pass over the points is a product or a ReLU
+            # computed once and enter the first and last products as their biases, and
+            # ReLUs act in place (a product's output: no backward pass needs it)
             weight = first.mask * first.weight  # [hidden, D + C]
             d = x.shape[-1]
             shared = nn.functional.linear(c, weight[:, d:], first.bias)  # [hidden]
-            points = x.reshape(-1, d)
-            phi = torch.addmm(shared, points, weight[:, :d].t())  # [N, hidden]
+            phi = torch.addmm(shared, x.reshape(-1, d), weight[:, :d].t())  # [N, hidden]
             linear = nn.functional.linear(c, self.context_weight, self.context_bias)
             for index, layer in enumerate(layers[1:], start=1):
-                if isinstance(layer, nn.ReLU):
-                    phi = phi.relu_()  # the product's output: no backward pass needs it
-                else:
+                if isinstance(layer, MaskedLinear):
                     bias = layer.bias + linear if index == len(layers) - 1 else layer.bias
                     phi = torch.addmm(bias, phi, (layer.mask * layer.weight).t())
+                elif isinstance(layer, nn.ReLU) and isinstance(layers[index - 1], MaskedLinear):
+                    phi = phi.relu_()
+                else:
+                    phi = layer(phi)
             if not isinstance(layers[-1], MaskedLinear):
                 phi = phi + linear
             return phi.reshape(*x.shape[:-1], phi.shape[-1])
-        if c.dim() == 1 and x.dim() >= 2 and isinstance(first, MaskedLinear):
-            weight = first.mask * first.weight  # [hidden, D + C]
-            d = x.shape[-1]
-            shared = nn.functional.linear(c, weight[:, d:], first.bias)  # [hidden]
-            phi = nn.functional.linear(x, weight[:, :d]) + shared
-            for layer in layers[1:]:
-                phi = layer(phi)
-        else:
-            phi = self.hyper(torch.cat(broadcast(x, c, ignore=1), dim=-1))
+        phi = self.hyper(torch.cat(broadcast(x, c, ignore=1), dim=-1))
         return phi + nn.functional.linear(c, self.context_weight, self.context_bias)
 
     def meta(self, c: Tensor | None, x: Tensor) -> Transform:

@@ -263,11 +263,8 @@ def _moments(
         return
     flats = [batch[k].detach().reshape(-1, features).to(dtype) for k in keys]
     if features <= 16 and len({f.shape for f in flats}) == 1:
-        flat = torch.stack(flats)  # [K, N, D]
-        mean = flat.mean(1, keepdim=True)
-        std = (flat - mean).square_().mean(1).sqrt_()
-        out.update(zip(keys, zip(mean.squeeze(1).unbind(0), std.unbind(0), strict=True),
-                       strict=True))  # fmt: skip
+        mean, std = _mean_std(torch.stack(flats), dim=1)  # [K, N, D] -> [K, D]
+        out.update(zip(keys, zip(mean.unbind(0), std.unbind(0), strict=True), strict=True))
         return
     for key, flat in zip(keys, flats, strict=True):
         out[key] = _mean_std(flat)
@@ -353,15 +350,6 @@ class StackedParameters(nn.Module):
     def places(self) -> list[tuple[nn.Module, str]]:
         """Where the heads' tensors live: ``(module, buffer name)``, row after row."""
         return [(module, name) for modules, name in self._owners for module in modules]
-
-    def linked(self) -> bool:
-        """Whether every head's buffer is the view of its row."""
-        for param, (modules, name) in zip(self.roles, self._owners, strict=True):
-            base, step = param.data_ptr(), param[0].numel() * param.element_size()
-            for row, module in enumerate(modules):
-                if module._buffers[name].data_ptr() != base + row * step:
-                    return False
-        return True
 
     @torch.no_grad()
     def relink(self) -> None:
