@@ -1,6 +1,8 @@
 """mist dashboard: what does a neural network know about where the eyes, nose and mouth are?
 
-Start it with ``make app`` (or ``streamlit run app/main.py`` from the repository root).
+Start it with ``make app`` (``python app/serve.py``: the safe server settings and the Host
+check; a plain ``streamlit run app/main.py`` has neither the settings outside the repository
+root nor the Host check on plain requests).
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ starts it) on a free port, and a headless Chromium driven by Playwright (Debian'
 
 The server writes its runs to a temporary folder that already holds one tiny trained run
 (trained here, without the app, in a few seconds). Screenshots go to tests/e2e/screenshots/.
+``launch`` starts more servers (another folder, other settings) for a test; Chromium
+resolves ``evil.example`` to 127.0.0.1, as a DNS-rebinding page would have it.
 """
 
 from __future__ import annotations
@@ -25,11 +27,15 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 INSTALL = Path(__file__).with_name("install_chromium.sh")
 SCREENSHOTS = Path(__file__).with_name("screenshots")
+#: A foreign name that Chromium resolves to 127.0.0.1 (the dashboard must refuse it).
+REBOUND_NAME = "evil.example"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
     "--disable-dev-shm-usage",
     "--disable-background-networking",
+    # A DNS-rebinding page in one line: its name now points at this machine.
+    f"--host-resolver-rules=MAP {REBOUND_NAME} 127.0.0.1",
 ]
 #: Tall: Streamlit scrolls inside its main container, so a screenshot shows the viewport.
 VIEWPORT = {"width": 1400, "height": 2200}
@@ -85,13 +91,79 @@ def _train_tiny_run(root: Path) -> str:
         torch.set_num_threads(saved)
 
 
-def _flags(**server: object) -> list[str]:
-    return [item for name, value in server.items() for item in (f"--server.{name}", str(value))]
-
-
 class Server:
-    def __init__(self, url: str, runs: Path, run_name: str, log: Path) -> None:
+    """A running ``app/serve.py``: ``url`` (http://127.0.0.1:PORT), ``port``, its runs
+    folder (and the name of the run trained there, if any), its log file, its process."""
+
+    def __init__(
+        self,
+        url: str,
+        runs: Path,
+        run_name: str | None,
+        log: Path,
+        process: subprocess.Popen | None = None,
+    ) -> None:
         self.url, self.runs, self.run_name, self.log = url, runs, run_name, log
+        self.port = int(url.rsplit(":", 1)[1])
+        self.process = process
+
+
+def start_serve(
+    runs: Path,
+    log: Path,
+    args: list[str],
+    *,
+    cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """``python app/serve.py ARGS`` (what ``make app`` runs) from ``cwd``, without the demo's
+    warm-up, writing its runs to ``runs`` and its output to ``log``; in its own process
+    group (``stop_serve`` tears it down as a whole)."""
+    env = (
+        os.environ
+        | {
+            "MIST_RUNS_DIR": str(runs),
+            "MIST_WARM_UP": "0",  # do not draw the default demo's 2,500 faces
+            "OMP_NUM_THREADS": "1",
+        }
+        | (env or {})
+    )
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "app" / "serve.py"), *args],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def wait_healthy(process: subprocess.Popen, url: str, log: Path, timeout: float = 90) -> None:
+    """Until ``url``/_stcore/health answers 200 (fails the test if the server exits first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"app/serve.py exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
+                if reply.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"no answer on /_stcore/health within {timeout:.0f} s:\n{log.read_text()}")
+        time.sleep(0.5)
+
+
+def stop_serve(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=15)
 
 
 @pytest.fixture(scope="session")
@@ -102,53 +174,42 @@ def server(tmp_path_factory):
     runs = tmp_path_factory.mktemp("e2e-runs")
     run_name = _train_tiny_run(runs)
     port = _free_port()
-    env = os.environ | {
-        "MIST_RUNS_DIR": str(runs),
-        "MIST_WARM_UP": "0",  # do not draw the default demo's 2,500 faces
-        "OMP_NUM_THREADS": "1",
-        "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
-    }
     log = tmp_path_factory.mktemp("e2e-server") / "streamlit.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "app/serve.py",  # what `make app` runs (`streamlit run app/main.py` inside)
-                *_flags(port=port, address="127.0.0.1", headless="true", fileWatcherType="none"),
-                "--browser.gatherUsageStats",
-                "false",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: torn down as a whole
-        )
+    # As `make app` starts it, on another port: serve.py applies the safety settings itself.
+    process = start_serve(runs, log, ["--server.port", str(port)])
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"streamlit exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"no answer on /_stcore/health within 90 s:\n{log.read_text()}")
-            time.sleep(0.5)
-        yield Server(url, runs, run_name, log)
+        wait_healthy(process, url, log)
+        yield Server(url, runs, run_name, log, process)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=15)
+        stop_serve(process)
         shutil.rmtree(runs, ignore_errors=True)  # checkpoints: ~140 MB a run
+
+
+@pytest.fixture
+def launch(tmp_path):
+    """Start more ``app/serve.py`` servers in a test: ``launch(cwd=..., env=..., args=[...])``
+    returns a :class:`Server` once it answers (a free port is added to ``args``); every
+    server is stopped when the test ends."""
+    started: list[subprocess.Popen] = []
+
+    def start(
+        *, cwd: Path = ROOT, env: dict[str, str] | None = None, args: list[str] = ()
+    ) -> Server:
+        n = len(started)
+        runs, log = tmp_path / f"runs-{n}", tmp_path / f"serve-{n}.log"
+        port = _free_port()
+        process = start_serve(runs, log, [*args, "--server.port", str(port)], cwd=cwd, env=env)
+        started.append(process)
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(process, url, log)
+        return Server(url, runs, None, log, process)
+
+    try:
+        yield start
+    finally:
+        for process in started:
+            stop_serve(process)
 
 
 @pytest.fixture(scope="session")
