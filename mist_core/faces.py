@@ -3,10 +3,11 @@
 This is the library side of the dashboard's "Your photo" page (it does not import streamlit):
 
 1. ``load_photo(data)`` turns the uploaded bytes into a ``Photo``: JPEG or PNG only, checked
-   from the content (not the file name), size limits checked before decoding, EXIF
-   orientation applied, any colour mode turned into RGB, downscaled so the longest side is at
-   most 2048 px. Every problem with the file is a ``PhotoError`` whose message tells the
-   person what to do.
+   from the content (not the file name), size limits (bytes, pixels, decoding memory)
+   checked before decoding, any colour mode turned into RGB tile by tile while downscaling
+   so the longest side is at most 2048 px, EXIF orientation applied; its peak memory stays
+   within about the decoding limit (200 MB) + 100 MB. Every problem with the file is a
+   ``PhotoError`` whose message tells the person what to do.
 2. ``detect_face(image)`` finds the largest face (OpenCV Haar cascades) and, when it can,
    the two eyes; ``None`` when there is no face.
 3. ``align_to_face(face)`` or ``manual_alignment(shape, zoom, offset)`` gives an
@@ -23,6 +24,7 @@ the right and y downward; pixel (row ``i``, column ``j``) covers x in ``[j, j + 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import math
@@ -35,7 +37,7 @@ from typing import Literal
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "CELEBA_LANDMARKS",
@@ -196,6 +198,84 @@ def _sniff_format(data: bytes) -> str:
 _JPEG_SOF = frozenset(
     {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 )
+# Those of them whose image comes in several (progressive) scans.
+_JPEG_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+
+
+@dataclass(frozen=True)
+class _JpegFrame:
+    """What a JPEG's headers say about decoding it, read without decoding.
+
+    Attributes:
+        width, height: of the image, in pixels.
+        sampling: ``(horizontal, vertical)`` sampling factor of each colour component.
+        progressive: coded in progressive scans.
+        first_scan_components: how many components the first scan carries; None when the
+            headers end before a scan.
+    """
+
+    width: int
+    height: int
+    sampling: tuple[tuple[int, int], ...]
+    progressive: bool
+    first_scan_components: int | None
+
+    @property
+    def coefficient_bytes(self) -> int:
+        """Bytes libjpeg holds for the whole image's DCT coefficients while decoding.
+
+        It decodes line by line when the image is one scan of all components, but keeps
+        every coefficient (2 bytes each, at full size whatever the decoding scale) when the
+        image comes in several scans: progressive, or a first scan without every component.
+        """
+        if not self.sampling:
+            return 0
+        several_scans = self.progressive or (self.first_scan_components or 0) < len(self.sampling)
+        if not several_scans:
+            return 0
+        h_max = max(h for h, _ in self.sampling)
+        v_max = max(v for _, v in self.sampling)
+        blocks = 0
+        for h, v in self.sampling:
+            blocks += math.ceil(self.width * h / h_max / 8) * math.ceil(
+                self.height * v / v_max / 8
+            )
+        return 128 * blocks
+
+
+def _jpeg_frame(data: bytes) -> _JpegFrame | None:
+    """The JPEG's frame header and its first scan's component count; None if not found."""
+    pos, n = 2, len(data)
+    frame: _JpegFrame | None = None
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            break
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD8 or marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no payload
+            pos += 2
+            continue
+        if marker == 0xD9:  # end of image
+            break
+        if marker == 0xDA:  # start of scan: its first payload byte is its component count
+            if frame is not None and pos + 4 < n:
+                return dataclasses.replace(frame, first_scan_components=data[pos + 4])
+            break
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if marker in _JPEG_SOF and frame is None:
+            if pos + 10 > n:
+                return None
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            count = data[pos + 9]
+            factors = data[pos + 10 : pos + 10 + 3 * count]
+            sampling = tuple((b >> 4, b & 15) for b in factors[1::3])
+            if len(sampling) != count or any(h == 0 or v == 0 for h, v in sampling):
+                sampling = ()  # libjpeg refuses these; the decoder says it is damaged
+            frame = _JpegFrame(width, height, sampling, marker in _JPEG_PROGRESSIVE, None)
+        pos += 2 + length
+    return frame
 
 
 def _header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
@@ -205,27 +285,8 @@ def _header_size(data: bytes, fmt: str) -> tuple[int, int] | None:
         if len(data) < 24 or data[12:16] != b"IHDR":
             return None
         return struct.unpack(">II", data[16:24])
-    pos, n = 2, len(data)
-    while pos + 4 <= n:
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0xD8 or marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no payload
-            pos += 2
-            continue
-        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header before it
-            return None
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        if marker in _JPEG_SOF:
-            if pos + 9 > n:
-                return None
-            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            return width, height
-        pos += 2 + length
-    return None
+    frame = _jpeg_frame(data)
+    return None if frame is None else (frame.width, frame.height)
 
 
 def _too_many_pixels(width: int, height: int, max_pixels: int) -> PhotoError:
@@ -236,25 +297,186 @@ def _too_many_pixels(width: int, height: int, max_pixels: int) -> PhotoError:
     )
 
 
-def _to_rgb(im: Image.Image) -> np.ndarray:
-    """Any PIL image -> ``[H, W, 3] uint8`` RGB; transparency composited on white."""
-    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        values = np.asarray(im, dtype=np.float64)
-        if im.mode.startswith("I;16") or (values.size and values.max() > 255):
-            values = values / 257.0  # 16-bit range [0, 65535] -> [0, 255]
-        grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
-    has_alpha = (
-        im.mode in ("RGBA", "LA", "PA", "RGBa", "La")
+# Decoding memory. The decoder (PIL, libpng, libjpeg) needs the image as stored, in its own
+# mode, at full size (JPEGs at the reduced scale chosen with ``Image.draft``), plus for
+# multi-scan JPEGs all their DCT coefficients; that is what the limit is checked on, before
+# decoding. Everything after it (mode conversion, transparency, 16 bits) is done on tiles of
+# at most ``_TILE_PIXELS`` full-size pixels, and the resizing holds at most a
+# ``max_side`` x ``6 * max_side`` RGB image, so the whole peak stays within about the
+# limit + 100 MB.
+_DECODE_BUDGET = 200 * _MB
+_TILE_PIXELS = 1 << 20
+# As PIL's ``resize(reducing_gap=3.0)``: average whole blocks of pixels down to at least 3x
+# the target size, then Lanczos.
+_REDUCING_GAP = 3.0
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSE_FOR_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Those that turn the image by a quarter (width and height swap).
+_TURNS = frozenset(
+    {
+        Image.Transpose.TRANSPOSE,
+        Image.Transpose.ROTATE_270,
+        Image.Transpose.TRANSVERSE,
+        Image.Transpose.ROTATE_90,
+    }
+)
+# What a damaged file makes PIL (or its decoders) raise.
+_DECODE_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    TypeError,
+    IndexError,
+    struct.error,
+    EOFError,
+    KeyError,
+)
+
+
+def _bytes_per_pixel(mode: str) -> int:
+    """Bytes per pixel of a PIL image in ``mode`` (PIL stores 2 to 4 bands in 4 bytes)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    if mode.startswith("I;16"):
+        return 2
+    return 4
+
+
+def _available_memory() -> int | None:
+    """Memory this machine has free now (bytes), if known."""
+    try:
+        from mist_core.resources import available_memory_bytes
+    except ImportError:
+        return None
+    try:
+        return available_memory_bytes()
+    except OSError as error:
+        logger.debug("could not read the free memory: %r", error)
+        return None
+
+
+def _memory_limit(max_memory: int | None) -> tuple[int, str]:
+    """The decoding memory limit in bytes, and how to name it in a message."""
+    if max_memory is not None:
+        return max_memory, f"the limit is {max_memory / _MB:.0f} MB"
+    available = _available_memory()
+    if available is not None and available // 4 < _DECODE_BUDGET:
+        limit = max(1, available // 4)
+        return limit, (
+            f"the limit is {limit / _MB:.0f} MB, a quarter of the {available / _MB:.0f} MB "
+            "this computer has free now"
+        )
+    return _DECODE_BUDGET, f"the limit is {_DECODE_BUDGET / _MB:.0f} MB"
+
+
+def _too_much_memory(width: int, height: int, fmt: str, need: int, limit: str) -> PhotoError:
+    advice = "Please upload a smaller version of it"
+    advice += " (or save it as JPEG)." if fmt == "PNG" else "."
+    return PhotoError(
+        f"This photo is too large to open safely: decoding its {width} x {height} pixels "
+        f"would take about {need / _MB:.0f} MB of memory ({limit}). {advice}"
+    )
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    return (
+        im.mode in _ALPHA_MODES
         or (im.mode == "P" and "transparency" in im.info)
         or (im.mode in ("RGB", "L") and "transparency" in im.info)
     )
-    if has_alpha:
-        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32)
-        alpha = rgba[:, :, 3:4] / 255.0
-        rgb = rgba[:, :, :3] * alpha + 255.0 * (1.0 - alpha)
-        return np.ascontiguousarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
-    return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+
+
+def _tile_to_rgb(tile: Image.Image, alpha: bool, divide: bool) -> np.ndarray:
+    """A tile of any mode -> ``[h, w, 3] uint8`` RGB, in integers where it can.
+
+    Transparency is composited on white, rounded exactly: ``round((c a + 255 (255 - a)) /
+    255)`` in uint16 (at most 65025 + 127). 16-bit grey becomes ``round(v / 257)``;
+    32-bit "I"/"F" grey is divided by 257 when ``divide`` (its maximum over the whole image
+    is above 255).
+    """
+    mode = tile.mode
+    if mode.startswith("I;16"):
+        values = np.asarray(tile).astype(np.uint32)
+        grey = ((values + 128) // 257).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode in ("I", "F"):
+        values = np.asarray(tile, dtype=np.float64)
+        if divide:
+            values = values / 257.0
+        grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if alpha:
+        rgba = np.asarray(tile.convert("RGBA"))
+        opacity = rgba[:, :, 3:].astype(np.uint16)
+        blended = rgba[:, :, :3].astype(np.uint16) * opacity + 255 * (255 - opacity) + 127
+        return (blended // 255).astype(np.uint8)
+    return np.asarray(tile.convert("RGB"))
+
+
+def _shrink_to_rgb(im: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """A decoded image of any mode, resized to ``size`` ``(width, height)``, in RGB.
+
+    What converting the whole image to RGB (transparency on white) and then
+    ``resize(size, LANCZOS, reducing_gap=3.0)`` gives (a box average by whole factors, then
+    a horizontal and a vertical Lanczos pass), to within one level where PIL would have run
+    the two passes in the other order; but only tiles of ``_TILE_PIXELS`` pixels are
+    converted at full size at a time: each tile is converted and box-averaged, each band of
+    rows gets its horizontal pass, then the vertical pass runs on the ``width x (height /
+    factor)`` result. RGB and L images without transparency are resized directly (exactly
+    as before: no conversion needed).
+    """
+    alpha = _has_alpha(im)
+    if im.mode in ("RGB", "L") and not alpha:
+        return im.resize(size, Image.Resampling.LANCZOS, reducing_gap=_REDUCING_GAP).convert("RGB")
+    width, height = im.size
+    out_w, out_h = size
+    fx = int(width / out_w / _REDUCING_GAP) or 1
+    fy = int(height / out_h / _REDUCING_GAP) or 1
+    reduced_w, reduced_h = -(-width // fx), -(-height // fy)
+    divide = False
+    if im.mode in ("I", "F"):
+        divide = bool(im.getextrema()[1] > 255)  # type: ignore[operator]
+    rows = fy * max(1, _TILE_PIXELS // (width * fy))
+    cols = min(width, fx * max(1, _TILE_PIXELS // (rows * fx)))
+    lanczos = Image.Resampling.LANCZOS
+    horizontal = Image.new("RGB", (out_w, reduced_h))
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        band = np.empty((-(-(bottom - top) // fy), reduced_w, 3), np.uint8)
+        for left in range(0, width, cols):
+            tile = im.crop((left, top, min(width, left + cols), bottom))
+            rgb = Image.fromarray(_tile_to_rgb(tile, alpha, divide))
+            if fx > 1 or fy > 1:
+                rgb = rgb.reduce((fx, fy))
+            band[:, left // fx : left // fx + rgb.width] = np.asarray(rgb)
+        band_rows = band.shape[0]
+        # The horizontal pass only: same height, the full height as box.
+        passed = Image.fromarray(band).resize(
+            (out_w, band_rows), lanczos, box=(0, 0, width / fx, band_rows)
+        )
+        horizontal.paste(passed, (0, top // fy))
+    # The vertical pass only: same width, the full width as box.
+    return horizontal.resize(size, lanczos, box=(0, 0, out_w, height / fy))
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF (or XMP) orientation of a decoded image; 1 when absent or unreadable."""
+    try:
+        value = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except _DECODE_ERRORS as error:
+        logger.info("ignoring unreadable EXIF data: %r", error)
+        return 1
+    return value if isinstance(value, int) else 1
 
 
 def load_photo(
@@ -263,21 +485,29 @@ def load_photo(
     max_bytes: int = 25 * _MB,
     max_pixels: int = 100_000_000,
     max_side: int = 2048,
+    max_memory: int | None = None,
 ) -> Photo:
     """Decode an uploaded JPEG or PNG safely into an upright RGB ``Photo``.
 
     Checks, in order: the byte size (before anything else), the format from the content (a
     PDF renamed ``.jpg`` is refused, naming what it looks like), the pixel count from the
-    header (before decoding). Large JPEGs are decoded at a reduced scale (``Image.draft``), so
-    a 40-megapixel photo loads in a fraction of a second. The EXIF orientation is applied,
-    any colour mode becomes RGB (transparency on white, 16-bit scaled to 8-bit) and the photo
-    is downscaled so that its longest side is at most ``max_side``.
+    header (before decoding), then the memory decoding needs (also before decoding). Large
+    JPEGs are decoded at a reduced scale (``Image.draft``), so a 40-megapixel photo loads
+    in a fraction of a second. Any colour mode becomes RGB (transparency on white, 16-bit
+    scaled to 8-bit) tile by tile while the photo is downscaled so that its longest side is
+    at most ``max_side``; then the EXIF orientation is applied. Peak memory: about what
+    the decoder needs (at most the memory limit) + 100 MB.
 
     Args:
         data: the file's bytes.
         max_bytes: largest accepted file size.
         max_pixels: largest accepted width x height, read from the header.
         max_side: longest side of ``Photo.image``.
+        max_memory: largest memory (bytes) the decoder may need: the image as stored at
+            full size (4 bytes per pixel for RGB(A), 2 for 16-bit grey, 1 for grey and
+            palette), JPEGs at their reduced decoding scale plus, when progressive, 2 bytes
+            per coefficient. None: 200 MB, or a quarter of the machine's free memory if that
+            is less.
 
     Returns:
         A ``Photo`` with ``image`` ``[H, W, 3] uint8``.
@@ -294,6 +524,7 @@ def load_photo(
         ("max_bytes", max_bytes),
         ("max_pixels", max_pixels),
         ("max_side", max_side),
+        ("max_memory", 1 if max_memory is None else max_memory),
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -309,14 +540,17 @@ def load_photo(
         f"This {fmt} file could not be read: it seems damaged or incomplete. "
         "Please upload it again or try another photo."
     )
-    size = _header_size(data, fmt)
+    frame = _jpeg_frame(data) if fmt == "JPEG" else None
+    size = (frame.width, frame.height) if frame is not None else _header_size(data, fmt)
     if size is not None and size[0] * size[1] > max_pixels:
         raise _too_many_pixels(size[0], size[1], max_pixels)
+    limit, limit_words = _memory_limit(max_memory)
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
-            # Our own limit (max_pixels) was checked above; PIL's global decompression-bomb
-            # check stays on as a second guard, but its warning is not for the person.
+            # Our own limits (max_pixels, max_memory) are checked first; PIL's global
+            # decompression-bomb check stays on as a second guard, but its warning is not
+            # for the person.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data), formats=[fmt]) as im:
                 width, height = im.size
@@ -328,17 +562,20 @@ def load_photo(
                 if fmt == "JPEG" and k < 0.5:
                     # Decode at 1/2, 1/4 or 1/8 scale, keeping at least the target size.
                     im.draft(None, (math.ceil(width * k), math.ceil(height * k)))
+                need = im.size[0] * im.size[1] * _bytes_per_pixel(im.mode)
+                if frame is not None:
+                    need += frame.coefficient_bytes
+                if need > limit:
+                    raise _too_much_memory(width, height, fmt, need, limit_words)
                 im.load()
-                upright = ImageOps.exif_transpose(im)
-                # Sizes of the upright photo, before and after downscaling.
-                if upright.size != im.size:  # rotated by 90 degrees
-                    width, height = height, width
-                target = (max(1, round(width * k)), max(1, round(height * k)))
-                if upright.size != target:
-                    if upright.mode not in ("RGB", "RGBA", "L", "LA"):
-                        upright = Image.fromarray(_to_rgb(upright))
-                    upright = upright.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
-                image = _to_rgb(upright)
+                # Resized as stored, then turned upright (cheap at the working size).
+                small = _shrink_to_rgb(im, (max(1, round(width * k)), max(1, round(height * k))))
+                transpose = _TRANSPOSE_FOR_ORIENTATION.get(_orientation(im))
+                if transpose is not None:
+                    small = small.transpose(transpose)
+                    if transpose in _TURNS:
+                        width, height = height, width
+                image = np.array(small, dtype=np.uint8)
     except PhotoError:
         raise
     except Image.DecompressionBombError:
@@ -346,17 +583,7 @@ def load_photo(
             "This photo has too many pixels to be opened safely. "
             "Please upload a smaller version of it."
         ) from None
-    except (
-        UnidentifiedImageError,
-        OSError,
-        SyntaxError,
-        ValueError,
-        TypeError,
-        IndexError,
-        struct.error,
-        EOFError,
-        KeyError,
-    ) as error:
+    except _DECODE_ERRORS as error:
         logger.info("could not decode a %s upload: %r", fmt, error)
         raise damaged from None
     except MemoryError:

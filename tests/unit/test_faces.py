@@ -10,7 +10,7 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, JpegImagePlugin
+from PIL import Image, ImageFile, ImageOps, JpegImagePlugin
 
 from mist_core import faces
 from mist_core.data import LANDMARKS, SyntheticFaces
@@ -325,6 +325,281 @@ def test_invalid_limits() -> None:
         load_photo(b"x", max_side=0)
     with pytest.raises(TypeError):
         load_photo("not bytes")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------
+# load_photo: bounded memory, same pictures
+# --------------------------------------------------------------------------------------------
+
+LANCZOS = Image.Resampling.LANCZOS
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> int:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return int(np.abs(a.astype(int) - b.astype(int)).max())
+
+
+def _blend_on_white(rgba: np.ndarray) -> np.ndarray:
+    """``[H, W, 4] uint8`` -> ``[H, W, 3] uint8``, in float64 (the reference)."""
+    values = rgba.astype(np.float64)
+    alpha = values[:, :, 3:] / 255.0
+    return np.rint(values[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+
+
+def _reference(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The whole image in RGB, resized as before the tiled conversion."""
+    return np.asarray(Image.fromarray(rgb).resize(size, LANCZOS, reducing_gap=3.0))
+
+
+# (width, height) -> (target width, target height): box factors 1 to 16, in both directions
+# unequal, not dividing the size, no resize at all.
+SHRINKS = [
+    ((300, 200), (97, 65)),
+    ((1000, 37), (300, 11)),
+    ((613, 1229), (100, 201)),
+    ((50, 4000), (3, 200)),
+    ((901, 433), (738, 355)),
+    ((64, 48), (64, 48)),
+]
+
+
+@pytest.mark.parametrize("tile_pixels", [1 << 20, 700])
+@pytest.mark.parametrize("mode", ["P", "CMYK", "1", "I;16"])
+def test_tiled_conversion_gives_the_whole_image_result(
+    monkeypatch: pytest.MonkeyPatch, mode: str, tile_pixels: int
+) -> None:
+    # Tiles of 700 pixels: many bands, some split in columns (multiples of the box factor).
+    monkeypatch.setattr(faces, "_TILE_PIXELS", tile_pixels)
+    rng = np.random.default_rng(6)
+    for (w, h), size in SHRINKS:
+        if mode == "I;16":
+            values = rng.integers(0, 65536, (h, w), dtype=np.uint16)
+            im = Image.fromarray(values)
+            grey = np.rint(values / 257.0).astype(np.uint8)
+            rgb = np.repeat(grey[:, :, None], 3, axis=2)
+        else:
+            array = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            if mode == "P":
+                im = Image.fromarray(array[:, :, 0] // 4, "L").convert("P")
+                im.putpalette(rng.integers(0, 256, 768, dtype=np.uint8).tobytes())
+            else:
+                im = Image.fromarray(array).convert(mode)
+            rgb = np.asarray(im.convert("RGB"))
+        got = np.asarray(faces._shrink_to_rgb(im, size))
+        # PIL may run its two Lanczos passes in the other order: one level at most.
+        assert _max_diff(got, _reference(rgb, size)) <= 1, ((w, h), size)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P-transparent", "RGB-transparent", "L-trns"])
+def test_transparency_is_blended_on_white_in_integers(
+    monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    monkeypatch.setattr(faces, "_TILE_PIXELS", 700)
+    rng = np.random.default_rng(7)
+    for (w, h), size in SHRINKS:
+        if mode == "RGBA":
+            im = Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8), "RGBA")
+        elif mode == "LA":
+            im = Image.fromarray(rng.integers(0, 256, (h, w, 2), dtype=np.uint8), "LA")
+        elif mode == "P-transparent":
+            im = Image.fromarray(rng.integers(0, 16, (h, w), dtype=np.uint8), "L").convert("P")
+            im.putpalette(rng.integers(0, 256, 48, dtype=np.uint8).tobytes())
+            im.info["transparency"] = bytes(rng.integers(0, 256, 16, dtype=np.uint8))
+        elif mode == "RGB-transparent":
+            array = rng.integers(0, 4, (h, w, 3), dtype=np.uint8) * 60
+            im = Image.fromarray(array)
+            im.info["transparency"] = (60, 0, 120)
+        else:
+            im = Image.fromarray(rng.integers(0, 4, (h, w), dtype=np.uint8) * 80)
+            im.info["transparency"] = 80
+        rgb = _blend_on_white(np.asarray(im.convert("RGBA")))
+        got = np.asarray(faces._shrink_to_rgb(im, size))
+        assert _max_diff(got, _reference(rgb, size)) <= 1, ((w, h), size)
+
+
+def _transparent_palette_png(width: int, height: int) -> bytes:
+    """1-bit palette, colour 0 transparent (white once blended), colour 1 red, in a box."""
+    im = Image.new("P", (width, height), 0)
+    im.putpalette([0, 0, 0, 200, 30, 30])
+    im.paste(1, (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
+    return _encode(im, "PNG", transparency=0)
+
+
+def test_large_paletted_png_with_transparency() -> None:
+    data = _transparent_palette_png(3000, 2400)
+    assert len(data) < 10_000  # 7.2 million pixels in a few KB
+    photo = load_photo(data, max_side=500)
+    assert photo.image.shape == (400, 500, 3)
+    assert photo.original_size == (2400, 3000)
+    assert tuple(photo.image[5, 5]) == (255, 255, 255)  # transparent: white, not black
+    assert tuple(photo.image[200, 250]) == (200, 30, 30)
+    with Image.open(io.BytesIO(data)) as im:
+        rgb = _blend_on_white(np.asarray(im.convert("RGBA")))
+    assert _max_diff(photo.image, _reference(rgb, (500, 400))) <= 1
+
+
+def test_sixteen_bit_png_is_scaled_to_eight_bits() -> None:
+    x = np.arange(3000, dtype=np.uint32)
+    row = (x * 65535 // 2999).astype(np.uint16)
+    values = np.repeat(row[None, :], 1000, axis=0)
+    data = _encode(Image.fromarray(values), "PNG")
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.mode.startswith("I;16")
+    photo = load_photo(data, max_side=600)
+    assert photo.image.shape == (200, 600, 3)
+    assert np.all(photo.image[:, :, 0] == photo.image[:, :, 1])  # grey
+    assert photo.image[100, 0, 0] <= 2 and photo.image[100, -1, 0] >= 253
+    assert np.all(np.diff(photo.image[100, :, 0].astype(int)) >= 0)  # still a ramp
+    grey = np.rint(values / 257.0).astype(np.uint8)
+    reference = _reference(np.repeat(grey[:, :, None], 3, axis=2), (600, 200))
+    assert _max_diff(photo.image, reference) <= 1
+
+
+def test_large_la_png() -> None:
+    array = np.zeros((1200, 1600, 2), np.uint8)
+    array[:, :, 0] = 40
+    array[:, :800, 1] = 255  # left half opaque dark grey, right half transparent
+    data = _encode(Image.fromarray(array, "LA"), "PNG")
+    photo = load_photo(data, max_side=400)
+    assert photo.image.shape == (300, 400, 3)
+    assert tuple(photo.image[150, 50]) == (40, 40, 40)
+    assert tuple(photo.image[150, 350]) == (255, 255, 255)
+    reference = _reference(
+        _blend_on_white(np.asarray(Image.fromarray(array, "LA").convert("RGBA"))), (400, 300)
+    )
+    assert _max_diff(photo.image, reference) <= 1
+
+
+def test_large_cmyk_jpeg_is_drafted_and_converted() -> None:
+    im = Image.new("CMYK", (4000, 3000), (0, 255, 255, 0))  # red
+    im.paste((255, 0, 255, 0), (0, 0, 1000, 1000))  # green top-left
+    data = _encode(im, "JPEG", quality=90)
+    photo = load_photo(data, max_side=800)
+    assert photo.image.shape == (600, 800, 3)
+    assert _close(_colour_at(photo.image, 0.8, 0.8), (255, 0, 0))
+    assert _close(_colour_at(photo.image, 0.1, 0.1), (0, 255, 0))
+    with Image.open(io.BytesIO(data)) as drafted:
+        drafted.draft(None, (800, 600))
+        assert drafted.mode == "CMYK" and drafted.size == (1000, 750)
+        reference = _reference(np.asarray(drafted.convert("RGB")), (800, 600))
+    assert _max_diff(photo.image, reference) <= 1
+
+
+def _textured(width: int, height: int) -> Image.Image:
+    rng = np.random.default_rng(8)
+    small = rng.integers(0, 256, (height // 40, width // 40, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
+
+
+def test_rgb_png_result_is_unchanged() -> None:
+    data = _encode(_textured(1600, 1200), "PNG", compress_level=1)
+    photo = load_photo(data, max_side=500)
+    with Image.open(io.BytesIO(data)) as im:
+        before = np.asarray(im.resize((500, 375), LANCZOS, reducing_gap=3.0))
+    np.testing.assert_array_equal(photo.image, before)
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_rgb_jpeg_result_is_unchanged(orientation: int) -> None:
+    # As before: decoded at a reduced scale, turned upright, resized (now resized, then
+    # turned: the same up to rounding).
+    data = _exif_jpeg(_textured(4400, 2800), orientation, quality=90)
+    photo = load_photo(data, max_side=1000)
+    with Image.open(io.BytesIO(data)) as im:
+        im.draft(None, (1000, 637))
+        upright = ImageOps.exif_transpose(im)
+        size = (1000, 636) if orientation in (1, 3) else (636, 1000)
+        before = np.asarray(upright.resize(size, LANCZOS, reducing_gap=3.0))
+    assert photo.image.shape == before.shape
+    if orientation == 1:
+        np.testing.assert_array_equal(photo.image, before)
+    else:
+        assert _max_diff(photo.image, before) <= 2
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_of_a_downscaled_png(orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _encode(_corner_image(1200, 800, corner=200), "PNG", exif=exif.tobytes())
+    photo = load_photo(data, max_side=300)
+    turn = {
+        3: Image.Transpose.ROTATE_180,
+        6: Image.Transpose.ROTATE_270,
+        8: Image.Transpose.ROTATE_90,
+    }[orientation]
+    upright = _corner_image(1200, 800, corner=200).transpose(turn)
+    assert photo.original_size == (upright.height, upright.width)
+    assert photo.image.shape[:2] == (round(upright.height / 4), round(upright.width / 4))
+    expected = np.asarray(upright.resize(photo.image.shape[1::-1], LANCZOS, reducing_gap=3.0))
+    assert _max_diff(photo.image, expected) <= 2
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+def test_unreadable_exif_does_not_refuse_the_photo() -> None:
+    data = _encode(_corner_image(60, 40), "JPEG", exif=b"Exif\x00\x00MM\x00*garbage")
+    photo = load_photo(data)
+    assert photo.image.shape == (40, 60, 3)
+
+
+def test_memory_limit_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _encode(Image.new("RGBA", (400, 300), (10, 20, 30, 40)), "PNG")
+    need = 400 * 300 * 4
+
+    def boom(self, *args, **kwargs):
+        raise AssertionError("decoding started")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", boom)
+    with pytest.raises(PhotoError, match=r"400 x 300 pixels would take about .* MB") as info:
+        load_photo(data, max_memory=need - 1)
+    assert "smaller version" in str(info.value) and "JPEG" in str(info.value)
+    monkeypatch.undo()
+    assert load_photo(data, max_memory=need).image.shape == (300, 400, 3)
+
+
+def test_memory_limit_follows_the_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _encode(Image.new("RGB", (400, 300), RED), "PNG")
+    monkeypatch.setattr(faces, "_available_memory", lambda: 4 * 400 * 300 * 4 - 4)
+    with pytest.raises(PhotoError, match="this computer has free"):
+        load_photo(data)
+    monkeypatch.setattr(faces, "_available_memory", lambda: 64 * 2**30)
+    assert load_photo(data).image.shape == (300, 400, 3)
+    limit, words = faces._memory_limit(None)
+    assert limit == faces._DECODE_BUDGET and "200 MB" in words
+
+
+def test_progressive_jpeg_counts_its_coefficients() -> None:
+    im = _textured(1600, 1200)
+    baseline = faces._jpeg_frame(_encode(im, "JPEG", quality=90))
+    progressive = faces._jpeg_frame(_encode(im, "JPEG", quality=90, progressive=True))
+    full = faces._jpeg_frame(_encode(im, "JPEG", quality=90, progressive=True, subsampling=0))
+    assert baseline is not None and progressive is not None and full is not None
+    assert (baseline.width, baseline.height) == (1600, 1200)
+    assert baseline.sampling == ((2, 2), (1, 1), (1, 1)) and not baseline.progressive
+    assert baseline.first_scan_components == 3 and baseline.coefficient_bytes == 0
+    assert progressive.progressive
+    # 2 bytes per coefficient: 1.5 samples per pixel at 4:2:0, 3 at 4:4:4.
+    assert progressive.coefficient_bytes == 2 * (1600 * 1200 + 2 * 800 * 600)
+    assert full.coefficient_bytes == 2 * 3 * 1600 * 1200
+    # Decoded at full size (no draft below 2048 px): 4 bytes per pixel plus the coefficients.
+    data = _encode(im, "JPEG", quality=90, progressive=True, subsampling=0)
+    need = 4 * 1600 * 1200 + full.coefficient_bytes
+    with pytest.raises(PhotoError, match="too large to open safely"):
+        load_photo(data, max_memory=need - 1)
+    assert load_photo(data, max_memory=need).image.shape == (1200, 1600, 3)
+
+
+def test_decompression_bomb_guard_stays_on() -> None:
+    # Above our own pixel cap, PIL's guard (2 x Image.MAX_IMAGE_PIXELS) still refuses.
+    assert 20000 * 20000 > 2 * Image.MAX_IMAGE_PIXELS
+    with pytest.raises(PhotoError, match="too many pixels to be opened safely"):
+        load_photo(_png_with_header(20000, 20000), max_pixels=10**9, max_memory=2**40)
+
+
+def test_invalid_memory_limit() -> None:
+    for value in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="max_memory"):
+            load_photo(b"x", max_memory=value)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------
