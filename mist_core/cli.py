@@ -6,8 +6,13 @@ on a GPU server shows up in the dashboard's Results page and vice versa.
     python -m mist_core train --preset demo-cpu
     python -m mist_core train --config my.json --set epochs=3 --set device=cuda
     python -m mist_core resume 20261128-093000-1a2b3c
-    python -m mist_core evaluate 20261128-093000-1a2b3c
+    python -m mist_core evaluate runs/20261128-093000-1a2b3c
     python -m mist_core list
+
+``resume`` and ``evaluate`` take a run's name or its folder (``runs/NAME``, as tab completion
+gives it; a folder outside ``--run-dir`` is opened where it is). A mistake (an unknown config
+field, a value out of range, a run being trained by another process, a damaged run file)
+prints one ``error:`` line and exits with status 2.
 
 Ctrl-C stops training after the current step and saves a checkpoint (``resume`` continues).
 More than one process (``torchrun --nproc_per_node=N -m mist_core train ...``) trains data-
@@ -20,20 +25,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 
 import pandas as pd
 import torch
 
-from mist_core import distributed
+from mist_core import distributed, jobs
 from mist_core.experiment import PRESETS, ExperimentConfig, LandmarkExperiment, preset
 from mist_core.jobs import Job, JobRegistry, JobState
-from mist_core.runs import RunStore
+from mist_core.runs import CorruptCheckpointError, Run, RunBusyError, RunInfo, RunStore
 
 __all__ = ["main", "stop_on_sigterm"]
 
@@ -48,7 +56,10 @@ def _parse_value(text: str) -> object:
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:
     if args.config:
-        config = ExperimentConfig.load(args.config)
+        try:
+            config = ExperimentConfig.load(args.config)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"{args.config}: {error}") from error
     else:
         config = preset(args.preset or "demo-cpu")
     changes = {}
@@ -57,7 +68,29 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
             raise ValueError(f"--set takes key=value, got {item!r}")
         key, value = item.split("=", 1)
         changes[key.strip()] = _parse_value(value)
-    return ExperimentConfig.from_dict({**config.to_dict(), **changes}) if changes else config
+    if not changes:
+        return config
+    try:
+        return ExperimentConfig.from_dict({**config.to_dict(), **changes})
+    except TypeError as error:  # a value of a type the config cannot take
+        raise ValueError(f"invalid --set value: {error}") from error
+
+
+def _open_run(args: argparse.Namespace) -> Run:
+    """The run ``args.run`` names: a name in ``--run-dir``, or a run folder's path (whose
+    own folder is then the store, when it is not ``--run-dir``)."""
+    text = args.run
+    store = RunStore(args.run_dir)
+    if any(sep in text for sep in ("/", "\\")) and Path(text).name not in ("", ".", ".."):
+        folder = Path(text).expanduser().parent
+        try:
+            same = folder.resolve() == store.root.resolve()
+        except (OSError, ValueError):
+            same = False
+        if not same:
+            store = RunStore(folder)
+        text = Path(text).name
+    return store.open(text)
 
 
 def format_table(rows: Sequence[dict] | pd.DataFrame) -> str:
@@ -121,7 +154,7 @@ def _follow(job: Job) -> int:
     return 130 if interrupted else 0
 
 
-def _helper_rank(config: ExperimentConfig, run_dir: str, resume_run: str | None) -> int:
+def _helper_rank(config: ExperimentConfig, run_dir: str | Path, resume_run: str | None) -> int:
     """A torchrun process other than rank 0: train its shard; rank 0 writes the run."""
     experiment = LandmarkExperiment(config)
     resume = None
@@ -134,14 +167,20 @@ def _helper_rank(config: ExperimentConfig, run_dir: str, resume_run: str | None)
     return 0
 
 
-def _start(args: argparse.Namespace, config: ExperimentConfig, resume_run: str | None) -> int:
+def _start(
+    args: argparse.Namespace,
+    config: ExperimentConfig,
+    resume_run: str | None,
+    run_dir: str | Path | None = None,
+) -> int:
+    run_dir = args.run_dir if run_dir is None else run_dir
     device = distributed.init_from_env()
     try:
         if device is not None:  # under torchrun: this process's GPU (or the CPU with gloo)
             config = config.replace(device=str(device))
             if not distributed.is_main_process():
-                return _helper_rank(config, args.run_dir, resume_run)
-        registry = JobRegistry(args.run_dir)
+                return _helper_rank(config, run_dir, resume_run)
+        registry = JobRegistry(run_dir)
         if resume_run is not None:
             return _follow(registry.resume(resume_run, config=config))
         return _follow(registry.submit(config, run_name=args.name))
@@ -155,16 +194,59 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    config = RunStore(args.run_dir).open(args.run).config()
-    return _start(args, config, args.run)
+    run = _open_run(args)
+    run.check_not_busy()  # another process trains it: say so now, before any work
+    try:
+        config = run.config()
+    except ValueError as error:
+        raise ValueError(f"cannot resume run {run.name!r}: {error}") from error
+    store_root = run.path.parent
+    return _start(args, config, run.name, store_root)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    run = RunStore(args.run_dir).open(args.run)
-    experiment = LandmarkExperiment.from_run(run)
-    print(f"run {run.name}, checkpoint of step {run.load_checkpoint().step}")
+    run = _open_run(args)
+    info = RunStore(run.path.parent).info(run.name)
+    if info.problem:
+        print(f"warning: run {run.name}: {info.problem}", file=sys.stderr)
+    try:
+        experiment = LandmarkExperiment(run.config())
+        restored = experiment.restore(run)
+    except (ValueError, OSError, CorruptCheckpointError) as error:
+        raise ValueError(f"cannot evaluate run {run.name!r}: {error}") from error
+    experiment.model.eval()
+    print(f"run {run.name}, checkpoint of step {restored.step}")
     print(format_table(experiment.evaluate(args.split)))
     return 0
+
+
+def _when(created: float | None) -> str:
+    if created is None:
+        return "?"
+    try:
+        return datetime.fromtimestamp(created).strftime("%Y-%m-%d %H:%M")
+    except (OverflowError, OSError, ValueError):
+        return "?"
+
+
+def _row(info: RunInfo) -> str:
+    """One line of ``list``: what could be read of the run, then its problem if any."""
+    status = info.status.value if info.status else "unreadable"
+    config = info.config
+    what = f"{config.dataset}, {'+'.join(config.encoders)}" if config else ""
+    best = ""
+    rows = (info.summary or {}).get("mi") or []
+    finite = [r for r in rows if not math.isnan(r["mi"])]
+    if finite:
+        top = max(finite, key=lambda r: r["mi"])
+        best = f"  best I({top['encoder']};{top['landmark']}) = {top['mi']:.2f} nats"
+    step = f"step {info.last_step}" if info.last_step is not None else ""
+    owner = ""
+    if info.owner:
+        owner = f"  (process {info.owner.get('pid')} on {info.owner.get('host')})"
+    problem = f"  problem: {info.problem}" if info.problem else ""
+    line = f"{info.name:32s} {_when(info.created)}  {status:11s} {step:10s} {what}{best}{owner}"
+    return (line.rstrip() + problem).replace("\n", " ")
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -173,24 +255,27 @@ def _list(args: argparse.Namespace) -> int:
         print(f"no runs in {args.run_dir}")
         return 0
     for info in runs:
-        when = (
-            datetime.fromtimestamp(info.created).strftime("%Y-%m-%d %H:%M")
-            if info.created
-            else "?"
-        )
-        if info.problem:
-            print(f"{info.name:32s} {when}  unreadable: {info.problem}")
-            continue
-        status = info.status.value if info.status else "?"
-        config = info.config
-        what = f"{config.dataset}, {'+'.join(config.encoders)}" if config else ""
-        best = ""
-        if info.summary and info.summary.get("mi"):
-            top = max(info.summary["mi"], key=lambda r: r["mi"])
-            best = f"  best I({top['encoder']};{top['landmark']}) = {top['mi']:.2f} nats"
-        step = f"step {info.last_step}" if info.last_step is not None else ""
-        print(f"{info.name:32s} {when}  {status:9s} {step:10s} {what}{best}")
+        print(_row(info))
     return 0
+
+
+#: What a user's mistake or a damaged run raises: one ``error:`` line, exit status 2 (the
+#: traceback with ``--verbose``). ValueError covers RunFileError and the config's checks.
+_USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    OSError,
+    RunBusyError,
+    CorruptCheckpointError,
+    *(
+        error
+        for error in (
+            getattr(jobs, "QueueFullError", None),
+            getattr(jobs, "DeviceBusyError", None),
+        )
+        if isinstance(error, type)
+    ),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,13 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     train.set_defaults(func=_train)
 
-    resume = commands.add_parser("resume", help="continue a stopped run from its checkpoint")
-    resume.add_argument("run")
+    resume = commands.add_parser(
+        "resume", help="continue a stopped or interrupted run from its checkpoint"
+    )
+    resume.add_argument("run", help="a run name or a run folder (runs/NAME)")
     resume.add_argument("--run-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     resume.set_defaults(func=_resume)
 
     evaluate = commands.add_parser("evaluate", help="print a run's MI table")
-    evaluate.add_argument("run")
+    evaluate.add_argument("run", help="a run name or a run folder (runs/NAME)")
     evaluate.add_argument("--split", default="test", choices=["test", "train"])
     evaluate.add_argument("--run-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     evaluate.set_defaults(func=_evaluate)
@@ -254,8 +341,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         code = args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except _USER_ERRORS as error:
+        if args.verbose:
+            traceback.print_exc()
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"error: {message}", file=sys.stderr)
         return 2
     if args.verbose:
         print(f"done in {time.perf_counter() - started:.1f} s", file=sys.stderr)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mist_core.cli import main
+from mist_core.experiment import preset
 from mist_core.runs import RunStatus, RunStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,6 +71,22 @@ def test_train_list_and_evaluate(tmp_path, capsys):
     # the reloaded checkpoint gives the very table the job printed
     assert evaluated[evaluated.index("MI in nats") :] == table
 
+    # a run folder's path, as tab completion gives it, from the folder above runs/
+    by_path = _cli(tmp_path, "evaluate", "runs/tiny/")
+    assert by_path.returncode == 0, by_path.stderr
+    assert by_path.stdout[by_path.stdout.index("MI in nats") :] == table
+    # ... and with --run-dir left at its default, from anywhere
+    elsewhere = subprocess.run(
+        [sys.executable, "-m", "mist_core", "evaluate", str(tmp_path / "runs" / "tiny")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+        cwd=ROOT,
+    )
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert not (ROOT / "runs" / "tiny").exists()
+
 
 def test_errors_are_one_line_without_traceback(tmp_path, capsys):
     runs = ["--run-dir", str(tmp_path / "runs")]
@@ -81,6 +98,88 @@ def test_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
     assert main([*runs, "train", "--set", "epochs"]) == 2
     assert "key=value" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ("batch_size=abc", "batch_size"),
+        ("epochs=1.5", "epochs"),
+        ("batch_size=1e9", "batch_size"),
+        ("image_size=[100000,100000]", "image_size"),
+        ("device=tpu", "device"),
+        ('encoders={"a": 1}', "encoders"),
+        ("landmarks=7", "landmarks"),
+    ],
+)
+def test_invalid_config_values_are_one_line_and_exit_2(tmp_path, capsys, change, field):
+    code = main(["--run-dir", str(tmp_path / "runs"), "train", "--set", change])
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and field in lines[0], lines
+    assert "Traceback" not in captured.err + captured.out
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_invalid_config_file_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"batch_size": "abc"}')
+    assert main(["--run-dir", str(tmp_path / "runs"), "train", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "bad.json" in err and err.count("\n") == 1
+    assert main(["--run-dir", str(tmp_path / "runs"), "train", "--config", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_list_shows_broken_and_interrupted_runs_and_exits_0(tmp_path, capsys):
+    store = RunStore(tmp_path / "runs")
+    config = preset("demo-cpu", epochs=1)
+    good = store.create(config, name="good")
+    good.set_status("finished")
+    good.write_summary({"mi": [{"encoder": "e", "landmark": "nose", "mi": 0.5, "std_error": 0.1}]})
+    killed = store.create(config, name="killed")
+    killed.set_status("running")  # its process is gone: no lock holder
+    broken = store.create(config, name="broken-summary")
+    broken.set_status("finished")
+    broken.summary_path.write_text('{"mi": "x"}')
+    (store.root / "no-config").mkdir()
+    live = store.create(config, name="live", acquire=True)
+    live.set_status("running")
+    try:
+        assert main(["--run-dir", str(store.root), "list"]) == 0
+    finally:
+        live.writer.release()
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines()}
+    assert "finished" in rows["good"] and "best I(e;nose) = 0.50" in rows["good"]
+    assert "interrupted" in rows["killed"]
+    assert "finished" in rows["broken-summary"] and "synthetic" in rows["broken-summary"]
+    assert "problem: summary.json: 'mi' must be a list" in rows["broken-summary"]
+    assert "unreadable" in rows["no-config"] and "config.json is missing" in rows["no-config"]
+    assert "running" in rows["live"] and f"process {os.getpid()}" in rows["live"]
+
+
+def test_evaluate_and_resume_errors_are_one_line(tmp_path, capsys):
+    store = RunStore(tmp_path / "runs")
+    run = store.create(preset("demo-cpu", epochs=1), name="r")
+    runs = ["--run-dir", str(store.root)]
+    assert main([*runs, "evaluate", "r"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert main([*runs, "resume", str(run.path)]) == 2
+    assert "no checkpoint to resume from" in capsys.readouterr().err
+    run.config_path.write_text('{"batch_size": "abc"}')
+    assert main([*runs, "evaluate", str(run.path) + "/"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 1 and "config.json" in err and "Traceback" not in err
+    with run.acquire_writer():
+        assert main([*runs, "resume", "r"]) == 2
+        err = capsys.readouterr().err
+        assert "error: run 'r' is being trained by this process" in err
+    other = RunStore(tmp_path / "elsewhere")
+    other.create(preset("demo-cpu"), name="x")
+    assert main([*runs, "evaluate", str(other.root / "x")]) == 2  # found there, no checkpoint
+    assert "no checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.slow

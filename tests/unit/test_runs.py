@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import pathlib
 import pickle
@@ -24,6 +25,8 @@ from mist_core.runs import (
     Checkpoint,
     CorruptCheckpointError,
     Run,
+    RunBusyError,
+    RunFileError,
     RunInfo,
     RunStatus,
     RunStore,
@@ -54,7 +57,12 @@ def _fix_hash(run: Run, step: int, kind: str) -> None:
     meta = json.loads(path.read_text())
     data = (run.checkpoint_dir / meta["files"][kind]).read_bytes()
     meta["sha256"][kind] = hashlib.sha256(data).hexdigest()
+    meta["bytes"][kind] = len(data)
     path.write_text(json.dumps(meta))
+
+
+def _row(encoder: str, landmark: str, mi: float, std_error: float = 0.1) -> dict:
+    return {"encoder": encoder, "landmark": landmark, "mi": mi, "std_error": std_error}
 
 
 # --- store, names, statuses -----------------------------------------------------------------
@@ -77,8 +85,9 @@ def test_create_open_list_round_trip(store):
     assert info["status"] == "failed" and info["message"] == "boom"
     assert info["traceback"] == "Traceback ..." and info["updated"] >= info["created"]
 
-    run.write_summary({"mi": 1.25, "best_step": 7})
-    assert run.summary() == {"mi": 1.25, "best_step": 7}
+    summary = {"mi": [_row("trained", "nose", 1.25)], "best_step": 7}
+    run.write_summary(summary)
+    assert run.summary() == summary
     assert second.summary() is None
     run.append_metrics([(3, 0, "train", "loss", 0.5), (7, 1, "valid", "loss", 0.25)])
 
@@ -87,8 +96,11 @@ def test_create_open_list_round_trip(store):
     first = infos[1]
     assert isinstance(first, RunInfo) and first.problem is None
     assert first.status is RunStatus.FAILED and first.config == CONFIG
-    assert first.summary == {"mi": 1.25, "best_step": 7} and first.last_step == 7
+    assert first.summary == summary and first.last_step == 7
     assert infos[0].config.seed == 3 and infos[0].last_step is None
+    # created, never owned: its recorded "queued" has no live process behind it
+    assert second.status() is RunStatus.QUEUED
+    assert infos[0].status is RunStatus.INTERRUPTED and infos[0].owner is None
     assert infos[0].created >= first.created
 
     with pytest.raises(FileExistsError):
@@ -101,9 +113,14 @@ def test_create_open_list_round_trip(store):
     store.delete("second")
     assert [i.name for i in store.list()] == ["first"]
     run.set_status(RunStatus.RUNNING)
-    with pytest.raises(RuntimeError, match="running"):
-        store.delete("first")
-    store.delete("first", force=True)
+    assert store.list()[0].status is RunStatus.INTERRUPTED, "no process owns it"
+    with run.acquire_writer():
+        assert store.list()[0].status is RunStatus.RUNNING
+        with pytest.raises(RunBusyError, match="being trained by this process"):
+            store.delete("first")
+        with pytest.raises(RuntimeError):  # RunBusyError is a RuntimeError
+            store.delete("first")
+        store.delete("first", force=True)
     assert store.list() == []
 
 
@@ -179,7 +196,8 @@ def test_list_tolerates_corrupt_entries(store, caplog):
         "garbage.bin",
         "bad-summary",
     }
-    assert infos["good"].problem is None and infos["good"].status is RunStatus.QUEUED
+    # created and never owned by a process: "queued" on disk, interrupted in a list
+    assert infos["good"].problem is None and infos["good"].status is RunStatus.INTERRUPTED
     for name in ("no-config", "bad-json", "bad-field", "bad-status", "torn-status"):
         assert infos[name].status is None, name
         assert infos[name].problem, name
@@ -188,7 +206,8 @@ def test_list_tolerates_corrupt_entries(store, caplog):
     for name in ("notes.txt", "garbage.bin"):
         assert infos[name].status is None and "not a run directory" in infos[name].problem
     assert "summary.json" in infos["bad-summary"].problem
-    assert infos["bad-summary"].status is RunStatus.QUEUED
+    assert infos["bad-summary"].status is RunStatus.INTERRUPTED
+    assert infos["bad-summary"].config == CONFIG, "the rest of a run with a bad summary shows"
     assert "no-config" in caplog.text, "broken entries are logged"
 
 
@@ -590,3 +609,413 @@ def test_checkpoint_of_a_view_saves_only_the_view(store):
     state = run.load_checkpoint().model_state
     assert torch.equal(state["part"], torch.tensor([2.0, 3.0, 4.0]))
     assert torch.equal(state["whole"], torch.ones(3))
+
+
+# --- owner, writer lock, interrupted runs (issue 13: items 4 and 5) -------------------------
+
+# A process that takes a run's writer lock, marks it running, says "locked" and waits.
+_HOLDER = r"""
+import sys, time
+from mist_core.runs import RunStore
+run = RunStore(sys.argv[1]).open(sys.argv[2])
+writer = run.acquire_writer()
+run.set_status("running", "holding the lock")
+print("locked", flush=True)
+time.sleep(float(sys.argv[3]) if len(sys.argv) > 3 else 600)
+"""
+
+
+def _holder(store: RunStore, name: str, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(store.root), name, *extra],
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    line = process.stdout.readline()
+    assert line.strip() == "locked", f"the holder did not start: {line!r}"
+    return process
+
+
+def test_writer_lock_owner_and_heartbeat(store, monkeypatch):
+    import mist_core.runs as runs
+
+    run = store.create(CONFIG, name="owned")
+    assert run.owner() is None and run.writer is None
+    assert run.effective_status() is RunStatus.INTERRUPTED, "queued with no owner"
+    monkeypatch.setattr(runs, "HEARTBEAT_S", 0.05)
+    with run.acquire_writer() as writer:
+        assert run.writer is writer and writer.held
+        owner = run.owner()
+        assert owner["pid"] == os.getpid() and owner["host"] == runs._HOST
+        assert owner["started"] <= owner["heartbeat"] <= time.time()
+        assert json.loads(run.owner_path.read_text())["pid"] == os.getpid()
+        assert run.effective_status() is RunStatus.QUEUED
+        run.set_status(RunStatus.RUNNING)
+        assert run.effective_status() is RunStatus.RUNNING
+        info = store.list()[0]
+        assert info.status is RunStatus.RUNNING and info.owner["pid"] == os.getpid()
+        first = json.loads(run.owner_path.read_text())["heartbeat"]
+        time.sleep(0.3)
+        assert json.loads(run.owner_path.read_text())["heartbeat"] > first, "heartbeat"
+
+        # one writer: another Run object of this process, and the same one, are refused
+        with pytest.raises(RunBusyError, match=r"being trained by this process since") as busy:
+            store.open("owned").acquire_writer()
+        assert busy.value.owner["pid"] == os.getpid()
+        with pytest.raises(RunBusyError):
+            run.acquire_writer()
+        with pytest.raises(RunBusyError):
+            store.open("owned").check_not_busy()
+        run.check_not_busy()  # the holder itself may go on
+    assert not writer.held and run.writer is None
+    writer.release()  # idempotent
+    assert not run.owner_path.exists(), "owner.json goes with the lock"
+    assert run.owner() is None and run.effective_status() is RunStatus.INTERRUPTED
+    assert store.list()[0].status is RunStatus.INTERRUPTED
+    with store.open("owned").acquire_writer():  # free again
+        pass
+    run.set_status(RunStatus.FINISHED)
+    assert run.effective_status() is RunStatus.FINISHED, "ended runs need no owner"
+
+
+def test_create_with_acquire_is_owned_from_its_first_appearance(store):
+    run = store.create(CONFIG, name="mine", acquire=True)
+    try:
+        assert run.writer is not None and run.writer.run is run
+        assert (run.path / ".lock").is_file() and run.owner()["pid"] == os.getpid()
+        info = store.list()[0]
+        assert info.status is RunStatus.QUEUED and info.problem is None
+        with pytest.raises(RunBusyError):
+            store.open("mine").acquire_writer()
+        run.set_status(RunStatus.RUNNING)  # heartbeat and status in the final folder
+        assert store.open("mine").effective_status() is RunStatus.RUNNING
+    finally:
+        run.writer.release()
+    assert [p.name for p in store.root.iterdir()] == ["mine"], "no staging folder left"
+    default = store.create(CONFIG, acquire=True)
+    default.writer.release()
+    assert default.name != "mine" and store.open(default.name).config() == CONFIG
+
+
+def test_runs_without_owner_files_from_before_locks(store):
+    """A run written before owners existed: no .lock, no owner.json."""
+    for name, status in (("old-running", "running"), ("old-stopping", "stopping")):
+        run = store.create(CONFIG, name=name)
+        run.set_status(status)
+        assert not (run.path / ".lock").exists() and not run.owner_path.exists()
+        assert run.effective_status() is RunStatus.INTERRUPTED
+        store.delete(name)  # deletable without force
+    old = store.create(CONFIG, name="old-finished")
+    old.set_status("finished")
+    assert store.list()[0].status is RunStatus.FINISHED
+
+
+def test_owner_on_another_host_goes_by_heartbeat(store):
+    run = store.create(CONFIG, name="remote")
+    run.set_status(RunStatus.RUNNING)
+    now = time.time()
+    owner = {"pid": 1234, "host": "elsewhere.example", "started": now - 100}
+    run.owner_path.write_text(json.dumps(owner | {"heartbeat": now - 2}))
+    assert run.effective_status() is RunStatus.RUNNING, "a fresh heartbeat: alive"
+    assert run.owner()["host"] == "elsewhere.example"
+    with pytest.raises(RunBusyError, match="process 1234 on elsewhere.example"):
+        store.delete("remote")
+    run.owner_path.write_text(json.dumps(owner | {"heartbeat": now - 3600}))
+    assert run.effective_status() is RunStatus.INTERRUPTED and run.owner() is None
+    run.owner_path.write_text('{"pid": "x"}')
+    info = store.list()[0]
+    assert info.status is RunStatus.INTERRUPTED and "owner.json" in info.problem
+    store.delete("remote")
+
+
+@pytest.mark.slow  # two interpreters importing torch
+def test_other_process_holds_the_lock_then_is_killed(store):
+    run = store.create(CONFIG, name="shared")
+    holder = _holder(store, "shared")
+    try:
+        assert run.effective_status() is RunStatus.RUNNING
+        info = store.list()[0]
+        assert info.status is RunStatus.RUNNING and info.owner["pid"] == holder.pid
+        with pytest.raises(RunBusyError, match=f"process {holder.pid} on "):
+            run.acquire_writer()
+        with pytest.raises(RunBusyError):
+            store.delete("shared")
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+    finally:
+        holder.kill()
+        holder.stdout.close()
+    assert run.status() is RunStatus.RUNNING, "what the killed process wrote stays"
+    info = store.list()[0]
+    assert info.status is RunStatus.INTERRUPTED and info.owner is None and info.problem is None
+    with run.acquire_writer():  # resumable: the lock is free
+        assert run.owner()["pid"] == os.getpid()
+    store.delete("shared")
+    assert store.list() == []
+
+
+def test_forked_child_does_not_keep_the_lock(store):
+    """A worker forked while the lock is held must not keep the run locked once the
+    parent is gone (kill -9 of a trainer whose workers linger)."""
+    run = store.create(CONFIG, name="forked", acquire=True)
+    writer = run.writer
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: alive (with whatever it inherited) until told to end
+        try:
+            os.write(ready_w, b"r")
+            os.read(go_r, 1)
+        finally:
+            os._exit(0)
+    try:
+        assert os.read(ready_r, 1) == b"r"
+        assert run._lock_held() is True
+        # the parent "dies": its lock descriptor is closed without release()
+        os.close(writer._lock_fd)
+        writer._lock_fd = None
+        assert run._lock_held() is False, "the child's copy of the lock was closed"
+        assert run.effective_status() is RunStatus.INTERRUPTED
+    finally:
+        os.write(go_w, b"g")
+        os.waitpid(pid, 0)
+        for fd in (ready_r, ready_w, go_r, go_w):
+            os.close(fd)
+        writer.release()
+
+
+# --- files read defensively (issue 13: items 6 and 13) --------------------------------------
+
+
+def test_run_files_are_never_read_or_written_through_symlinks(store, tmp_path):
+    run = store.create(CONFIG, name="links")
+    run.set_status("finished")
+    run.write_summary({"mi": [_row("trained", "nose", 0.5)]})
+    run.append_metrics([(1, 0, "train", "loss", 1.0)])
+    run.save_checkpoint({"w": torch.ones(2)}, step=1, epoch=0)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("config.json", "status.json", "summary.json", "metrics.csv"):
+        target = outside / name
+        target.write_bytes((run.path / name).read_bytes())
+        (run.path / name).unlink()
+        (run.path / name).symlink_to(target)
+    run = store.open("links")  # the config is read again, not cached
+    with pytest.raises(RunFileError, match="config.json is a symbolic link"):
+        run.config()
+    with pytest.raises(RunFileError, match="status.json is a symbolic link"):
+        run.status()
+    with pytest.raises(RunFileError, match="summary.json is a symbolic link"):
+        run.summary()
+    with pytest.raises(RunFileError, match="metrics.csv is a symbolic link"):
+        run.read_metrics()
+    with pytest.raises(RunFileError, match="metrics.csv is a symbolic link"):
+        run.append_metrics([(2, 0, "train", "loss", 0.5)])
+    assert (outside / "metrics.csv").read_text().count("\n") == 2, "nothing written there"
+    info = store.list()[0]
+    assert info.status is None and "symbolic link" in info.problem
+
+    # replacing a linked file replaces the link, never what it points to
+    run.set_status("failed")
+    assert not (run.path / "status.json").is_symlink()
+    assert json.loads((outside / "status.json").read_text())["status"] == "finished"
+
+    # a linked checkpoints/ folder: refused for reading, writing and pruning
+    real = run.path / "checkpoints"
+    moved = outside / "checkpoints"
+    real.rename(moved)
+    real.symlink_to(moved, target_is_directory=True)
+    with pytest.raises(CorruptCheckpointError, match="checkpoints/ is a symbolic link"):
+        run.load_checkpoint()
+    with pytest.raises(RunFileError, match="checkpoints/ is a symbolic link"):
+        run.has_checkpoint()
+    before = sorted(p.name for p in moved.iterdir())
+    run.keep_checkpoints = 1
+    with pytest.raises(RunFileError, match="symbolic link"):
+        run.save_checkpoint({"w": torch.zeros(2)}, step=2, epoch=0)
+    assert sorted(p.name for p in moved.iterdir()) == before, "nothing written or pruned there"
+
+
+def test_pruning_removes_links_not_their_targets(store, tmp_path):
+    run = store.create(CONFIG, name="prune-links")
+    run.keep_checkpoints = 1
+    run.save_checkpoint({"w": torch.ones(2)}, step=1, epoch=0)
+    precious = tmp_path / "precious.bin"
+    precious.write_bytes(b"keep me")
+    (run.checkpoint_dir / "step-00000000.safetensors").symlink_to(precious)
+    (run.checkpoint_dir / "step-00000000.json").mkdir()  # a folder where a file should be
+    run.save_checkpoint({"w": torch.zeros(2)}, step=2, epoch=0)
+    assert precious.read_bytes() == b"keep me"
+    assert not (run.checkpoint_dir / "step-00000000.safetensors").is_symlink()
+    assert run.load_checkpoint().step == 2
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b'{"status": "runn', id="truncated"),
+        pytest.param(b"\xff\xfe\x00garbage\x80", id="not-utf8"),
+        pytest.param(b"[" * 100_000 + b"]" * 100_000, id="deeply-nested"),
+        pytest.param(b'{"status": 5}', id="wrong-type"),
+        pytest.param(b'{"status": "running", "message": ["x"]}', id="wrong-message"),
+        pytest.param(b"1" * 10_000, id="huge-number"),
+    ],
+)
+def test_malformed_status_is_a_problem_not_an_exception(store, content):
+    run = store.create(CONFIG, name="bad")
+    run.status_path.write_bytes(content)
+    with pytest.raises(RunFileError, match="status.json"):
+        run.status()
+    info = store.list()[0]
+    assert info.status is None and info.problem.startswith("status.json")
+
+
+def test_size_caps_and_odd_file_kinds(store, monkeypatch):
+    import mist_core.runs as runs
+
+    run = store.create(CONFIG, name="odd")
+    run.append_metrics([(1, 0, "train", "loss", 1.0)])
+    with open(run.summary_path, "wb") as f:
+        f.truncate(runs.MAX_JSON_BYTES + 1)  # sparse: no disk used, never read
+    with pytest.raises(
+        RunFileError,
+        match=r"summary.json is 16.8 MB \(16,777,217 bytes\), over the limit of 16,777,216",
+    ):
+        run.summary()
+    run.summary_path.unlink()
+    run.summary_path.mkdir()
+    with pytest.raises(RunFileError, match="summary.json is a folder"):
+        run.summary()
+    run.summary_path.rmdir()
+    os.mkfifo(run.summary_path)  # would block a plain open() for ever
+    with pytest.raises(RunFileError, match="summary.json is not a regular file"):
+        run.summary()
+    run.summary_path.unlink()
+
+    monkeypatch.setattr(runs, "MAX_METRICS_BYTES", 1000)
+    with open(run.metrics_path, "ab") as f:
+        f.write(b"2,0,train,loss,0.5\n" * 100)
+    with pytest.raises(
+        RunFileError, match="metrics.csv is 1.9 kB .* over the limit of 1,000 bytes"
+    ):
+        run.read_metrics()
+    info = store.list()[0]
+    assert info.problem is None and info.last_step == 2, "list reads only the tail"
+    with open(run.metrics_path, "ab") as f:
+        f.truncate(2 * 2**30)  # 2 GB of zeros, sparse: the tail is read, not the file
+    info = store.list()[0]
+    assert info.problem is None and info.last_step is None
+
+
+@pytest.mark.parametrize(
+    ("summary", "message"),
+    [
+        ({"mi": "x"}, r"'mi' must be a list"),
+        ({"mi": [1]}, r"mi\[0\] must be an object"),
+        ({"mi": [{"encoder": "a", "landmark": "nose", "mi": 1.0}]}, r"mi\[0\].std_error"),
+        ({"mi": [{"encoder": 3, "landmark": "nose", "mi": 1, "std_error": 0}]}, "encoder"),
+        ({"mi": [_row("a", "nose", "1.0")]}, r"mi\[0\].mi must be a number"),
+        ({"mi": [_row("a", "nose", True)]}, r"mi\[0\].mi must be a number"),
+        ({"mi": [_row("a", "nose", float("inf"))]}, r"mi\[0\].mi must be a number"),
+        ({"mi": [_row("a", "nose", 1.0), _row("a", "nose", 2.0)]}, "two rows"),
+        ({"steps": 1.5}, "'steps' must be a non-negative integer"),
+        ({"epochs": -1}, "'epochs'"),
+        ({"train_seconds": "fast"}, "'train_seconds'"),
+        ({"environment": {"torch": 2}}, "'environment'"),
+        ([1, 2], "not a JSON object"),
+    ],
+)
+def test_summary_shape_is_checked(store, summary, message):
+    run = store.create(CONFIG, name="shape")
+    run.summary_path.write_text(json.dumps(summary))
+    with pytest.raises(RunFileError, match=message):
+        run.summary()
+    info = store.list()[0]
+    assert info.config == CONFIG and info.summary is None, "the rest of the run still lists"
+    assert info.problem.startswith("summary.json")
+
+
+def test_summary_with_nan_and_extra_keys_is_fine(store):
+    run = store.create(CONFIG, name="nan")
+    summary = {
+        "mi": [_row("a", "nose", float("nan"), float("nan")) | {"extra": 1}],
+        "steps": 3,
+        "epochs": 1,
+        "train_seconds": 1.5,
+        "environment": {"torch": "2"},
+        "anything": [None],
+    }
+    run.write_summary(summary)
+    assert math.isnan(run.summary()["mi"][0]["mi"]) and store.list()[0].problem is None
+
+
+def test_one_file_mode_for_everything_a_run_writes(store):
+    old = os.umask(0o027)
+    try:
+        run = store.create(CONFIG, name="modes", acquire=True)
+        run.set_status("running")
+        run.append_metrics([(1, 0, "train", "loss", 1.0)])
+        run.write_summary({"steps": 1})
+        run.save_checkpoint({"w": torch.ones(2)}, step=1, epoch=0, optimizer_state={"x": 1})
+        run.truncate_metrics(5)
+        run.writer._beat()
+        run.writer.release()
+        run.acquire_writer()  # owner.json again, for the listing
+    finally:
+        os.umask(old)
+    try:
+        modes = {}
+        for path in [run.path, *run.path.rglob("*")]:
+            modes[path.relative_to(store.root).as_posix()] = oct(path.stat().st_mode & 0o777)
+        files = {p: m for p, m in modes.items() if not (store.root / p).is_dir()}
+        folders = {p: m for p, m in modes.items() if (store.root / p).is_dir()}
+        assert set(files.values()) == {"0o640"}, files
+        assert set(folders.values()) == {"0o750"}, folders
+        assert {"modes/.lock", "modes/owner.json", "modes/metrics.csv"} <= set(files)
+    finally:
+        run.writer.release()
+
+
+def test_open_by_name_or_folder_path(store, tmp_path, monkeypatch):
+    store.create(CONFIG, name="by-path")
+    monkeypatch.chdir(tmp_path)  # the store is ./runs
+    relative = RunStore("runs")
+    for given in (
+        "by-path",
+        "runs/by-path",
+        "runs/by-path/",
+        "./runs/by-path",
+        f"{tmp_path}/runs/by-path",
+    ):
+        assert relative.open(given).name == "by-path", given
+        assert store.open(given).path == store.root / "by-path", given
+    assert store.open(store.root / "by-path").name == "by-path"
+    assert store.info("runs/by-path").name == "by-path"
+    other = RunStore(tmp_path / "elsewhere")
+    other.create(CONFIG, name="foreign")
+    for given in ("elsewhere/foreign", str(other.root / "foreign"), "runs/../elsewhere/foreign"):
+        with pytest.raises(ValueError, match="not a run folder of"):
+            store.open(given)
+    with pytest.raises(ValueError):
+        store.open("runs/by-path/..")
+    with pytest.raises(FileNotFoundError, match="available: by-path"):
+        store.open("runs/nope")
+
+
+def test_half_created_and_leftover_folders(store):
+    import mist_core.runs as runs
+
+    store.create(CONFIG, name="a")
+    staging = store.root / ".creating-dead"
+    staging.mkdir()
+    (staging / "config.json").write_text(CONFIG.to_json())
+    trash = store.root / ".deleting-x-1234"
+    trash.mkdir()
+    assert [i.name for i in store.list()] == ["a"], "hidden folders are never runs"
+    old = time.time() - runs._STALE_LEFTOVER_S - 10
+    os.utime(staging, (old, old))
+    store.create(CONFIG, name="b")
+    assert not staging.exists() and trash.exists(), "only stale leftovers are removed"
