@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -30,6 +33,7 @@ from mist_core._rng import seeded
 from mist_core.data.celeba import CelebALandmarks
 from mist_core.data.features import FeatureCache, WithFeatures, module_fingerprint
 from mist_core.data.landmarks import LANDMARKS
+from mist_core.data.stopping import PreparationStopped, check_stop
 from mist_core.data.synthetic_faces import SyntheticFaces
 from mist_core.distributions import conditional_transformed_normal, transformed_normal
 from mist_core.encoders import ENCODER_PRESETS, build_encoder, encoder_availability
@@ -60,8 +64,10 @@ __all__ = [
     "DATASETS",
     "PRESETS",
     "REPRESENTATIONS",
+    "LIMITS",
     "ExperimentConfig",
     "LandmarkExperiment",
+    "PreparationStopped",
     "mi_table",
     "instantiate_estimators",
     "preset",
@@ -75,6 +81,161 @@ DATASETS = ("synthetic", "celeba")
 REPRESENTATIONS = ("random_init", "pretrained", "finetuned")
 #: Estimators that can be built per (encoder, landmark) pair from a density over y.
 _GENERATIVE = ("doe", "club", "l1out")
+
+#: The accepted range of each numeric config field, ``(low, high)`` inclusive (``lr``:
+#: ``low`` excluded; ``valid_fraction``: ``high`` excluded). Images are at most aligned
+#: CelebA's 218 x 178 (both datasets are drawn or stored at that size: larger only
+#: upsamples); train and test sizes at most 1,000,000 images (memory is checked separately,
+#: see :mod:`mist_core.resources`).
+LIMITS: dict[str, tuple[float, float]] = {
+    "train_size": (2, 1_000_000),
+    "test_size": (2, 1_000_000),
+    "valid_fraction": (0.0, 0.5),
+    "image_height": (32, 218),
+    "image_width": (32, 178),
+    "hidden_dim": (1, 4096),
+    "hidden_layers": (0, 8),
+    "n_transforms": (1, 16),
+    "batch_size": (2, 4096),
+    "epochs": (1, 1000),
+    "lr": (0.0, 1.0),
+    "seed": (0, 2**32 - 1),
+    "num_workers": (0, 64),
+}
+#: ``device`` values: auto, cpu, mps, cuda or cuda:N.
+_DEVICE = re.compile(r"(auto|cpu|mps|cuda(:[0-9]{1,3})?)")
+
+
+def _integer(value: Any) -> int | None:
+    """``value`` as an int when it is one (an integral float such as JSON's ``3.0`` too;
+    never a bool), else ``None``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating) and math.isfinite(value) and value == int(value):
+        return int(value)
+    return None
+
+
+def _exactly(value: Any, numbers: tuple[int | None, ...]) -> bool:
+    """Whether ``value`` is already the tuple of plain ints ``numbers``."""
+    return isinstance(value, tuple) and all(type(v) is int for v in value) and value == numbers
+
+
+def _int_field(name: str, value: Any, *, optional: str = "") -> int | None:
+    low, high = (int(x) for x in LIMITS[name])
+    if value is None and optional:
+        return None
+    number = _integer(value)
+    if number is None or not low <= number <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}]{optional}, got {value!r}")
+    return number
+
+
+def _float_field(name: str, value: Any) -> float:
+    low, high = LIMITS[name]
+    interval = f"({low:g}, {high:g}]" if name == "lr" else f"[{low:g}, {high:g})"
+    ok = not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
+    number = float(value) if ok else math.nan
+    inside = low < number <= high if name == "lr" else low <= number < high
+    if not (math.isfinite(number) and inside):
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+    return number
+
+
+def _str_field(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def _bool_field(name: str, value: Any) -> bool:
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
+
+
+def _names_field(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):  # --set encoders=trained: one name
+        return (value,)
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{name} must be a list of names, got {value!r}")
+    return value if isinstance(value, tuple) else tuple(value)
+
+
+def _image_size_field(name: str, value: Any) -> tuple[int, int]:
+    (h_low, h_high), (w_low, w_high) = LIMITS["image_height"], LIMITS["image_width"]
+    pair = tuple(value) if isinstance(value, list | tuple) and len(value) == 2 else ()
+    numbers = tuple(_integer(v) for v in pair)
+    if (
+        len(numbers) != 2
+        or numbers[0] is None
+        or numbers[1] is None
+        or not (h_low <= numbers[0] <= h_high and w_low <= numbers[1] <= w_high)
+    ):
+        raise ValueError(
+            f"{name} must be (height, width) in pixels with height in [{h_low:g}, {h_high:g}] "
+            f"and width in [{w_low:g}, {w_high:g}], got {value!r}"
+        )
+    return value if _exactly(value, numbers) else (numbers[0], numbers[1])
+
+
+def _dims_field(name: str, value: Any) -> tuple[int, ...]:
+    low, high = (int(x) for x in LIMITS["hidden_dim"])
+    most = int(LIMITS["hidden_layers"][1])
+    numbers = tuple(_integer(v) for v in value) if isinstance(value, list | tuple) else None
+    if (
+        numbers is None
+        or len(numbers) > most
+        or not all(n is not None and low <= n <= high for n in numbers)
+    ):
+        raise ValueError(
+            f"{name} must be a list of at most {most} layer widths, each an integer in "
+            f"[{low}, {high}], got {value!r}"
+        )
+    return value if _exactly(value, numbers) else numbers  # type: ignore[return-value]
+
+
+def _device_field(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not _DEVICE.fullmatch(value):
+        raise ValueError(
+            f"{name} must be one of auto, cpu, cuda, cuda:N (N = 0, 1...), mps; got {value!r}"
+        )
+    return value
+
+
+def _celeba_root_field(name: str, value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{name} must be a folder path (a string) or None, got {value!r}")
+    return value
+
+
+_ALL_IMAGES = " (or None for all images)"
+_FIELD_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "dataset": _str_field,
+    "celeba_root": _celeba_root_field,
+    "train_size": lambda n, v: _int_field(n, v, optional=_ALL_IMAGES),
+    "test_size": lambda n, v: _int_field(n, v, optional=_ALL_IMAGES),
+    "valid_fraction": _float_field,
+    "image_size": _image_size_field,
+    "encoders": _names_field,
+    "landmarks": _names_field,
+    "estimator": _str_field,
+    "hidden_dims": _dims_field,
+    "marginal_hidden_dims": _dims_field,
+    "n_transforms": _int_field,
+    "batch_size": _int_field,
+    "epochs": _int_field,
+    "lr": _float_field,
+    "early_stopping": _bool_field,
+    "device": _device_field,
+    "precision": _str_field,
+    "seed": _int_field,
+    "feature_cache": _bool_field,
+    "preload": _bool_field,
+    "num_workers": _int_field,
+}
 
 
 @dataclass(frozen=True)
@@ -109,15 +270,20 @@ class ExperimentConfig:
     num_workers: int = 0  # DataLoader workers (when not preloaded)
 
     def __post_init__(self) -> None:
-        # JSON gives lists; store tuples so the config stays hashable and immutable.
-        for name in ("image_size", "encoders", "landmarks", "hidden_dims", "marginal_hidden_dims"):
-            value = getattr(self, name)
-            if isinstance(value, list):
-                object.__setattr__(self, name, tuple(value))
+        # JSON gives lists and may give 3.0 for 3: store tuples and ints, so the config stays
+        # hashable and immutable and every field has its declared type.
+        for name, value in self._checked_fields().items():
+            if value is not getattr(self, name):
+                object.__setattr__(self, name, value)
         self.validate()
 
+    def _checked_fields(self) -> dict[str, Any]:
+        """Every field checked on its own (type and range), converted where that is lossless."""
+        return {name: check(name, getattr(self, name)) for name, check in _FIELD_CHECKS.items()}
+
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the field and the accepted values."""
+        """Raise ``ValueError`` naming the field, the value and the accepted values."""
+        self._checked_fields()
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.dataset == "celeba" and not self.celeba_root:
@@ -131,33 +297,23 @@ class ExperimentConfig:
         bad = [lm for lm in self.landmarks if lm not in LANDMARKS]
         if bad or not self.landmarks:
             raise ValueError(f"landmarks must be among {', '.join(LANDMARKS)}; unknown: {bad}")
+        for name in ("encoders", "landmarks"):
+            values = getattr(self, name)
+            twice = sorted({v for v in values if values.count(v) > 1})
+            if twice:
+                raise ValueError(f"{name} must not repeat a name; repeated: {twice}")
         if self.estimator not in _GENERATIVE:
             raise ValueError(
                 f"estimator must be one of {', '.join(_GENERATIVE)} (they give posterior maps), "
                 f"got {self.estimator!r}"
             )
-        for name in ("train_size", "test_size"):
-            value = getattr(self, name)
-            if value is not None and value < 2:
-                raise ValueError(f"{name} must be at least 2 images (or None for all)")
         if self.dataset == "synthetic" and (self.train_size is None or self.test_size is None):
             raise ValueError("the synthetic dataset needs explicit train_size and test_size")
-        if len(self.image_size) != 2 or min(self.image_size) < 32:
-            raise ValueError(
-                f"image_size must be (height, width) >= 32 pixels, got {self.image_size}"
-            )
-        for name in ("batch_size", "epochs", "n_transforms"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"precision must be one of {', '.join(PRECISIONS)} (the encoders' arithmetic; "
                 f"'auto' is bfloat16 where the hardware is fast), got {self.precision!r}"
             )
-        if not 0.0 <= self.valid_fraction < 0.5:
-            raise ValueError(f"valid_fraction must lie in [0, 0.5), got {self.valid_fraction}")
 
     # --- JSON -----------------------------------------------------------------------------
 
@@ -237,54 +393,80 @@ def preset(name: str, **changes: Any) -> ExperimentConfig:
 
 
 class _Preloaded(Dataset):
-    """All items decoded once, images resized to the encoders' input size (float32)."""
+    """All items decoded once and resized to the encoders' input size, kept as uint8
+    ``images [N, 3, H, W]`` (a quarter of float32's memory); an item's ``"image"`` is float32
+    ``[3, H, W]`` in [0, 1] again, as the source dataset gives it (within half a grey level).
+
+    Made a bounded chunk at a time (drawn, or decoded, then resized and stored), so memory
+    is the result plus one chunk. ``stop_event`` set meanwhile raises
+    :class:`PreparationStopped` within about a second.
+    """
 
     def __init__(
-        self, dataset: Dataset, image_size: tuple[int, int], batch_size: int = 64
+        self,
+        dataset: Dataset,
+        image_size: tuple[int, int],
+        batch_size: int = 64,
+        stop_event: threading.Event | None = None,
     ) -> None:
-        images, targets = [], {}
-        if isinstance(dataset, SyntheticFaces) and len(dataset) > 0:
+        n = len(dataset)  # type: ignore[arg-type]
+        self.images = torch.empty((n, 3, *image_size), dtype=torch.uint8)
+        self.targets: dict[str, Tensor] = {}
+        done = 0
+        if isinstance(dataset, SyntheticFaces) and n > 0:
             # drawn in worker processes, then converted exactly as __getitem__ would
-            drawn, marks = dataset.render_many(range(len(dataset)))
-            for start in range(0, len(drawn), batch_size):
-                chunk = torch.from_numpy(drawn[start : start + batch_size])
-                chunk = chunk.permute(0, 3, 1, 2).contiguous()
-                images.append(resize_images(chunk.float().div_(255.0), image_size))
-            self.images = torch.cat(images)
-            self.targets = {k: torch.from_numpy(v).float() for k, v in marks.items()}
+            self.targets = {name: torch.empty((n, 2)) for name in LANDMARKS}
+            for drawn, marks in dataset.render_chunks(range(n), stop_event=stop_event):
+                for start in range(0, len(drawn), batch_size):
+                    chunk = torch.from_numpy(drawn[start : start + batch_size])
+                    chunk = chunk.permute(0, 3, 1, 2).contiguous()
+                    resized = resize_images(chunk.float().div_(255.0), image_size)
+                    self.images[done + start : done + start + len(chunk)] = _to_uint8(resized)
+                for name, value in marks.items():
+                    self.targets[name][done : done + len(drawn)] = torch.from_numpy(value)
+                done += len(drawn)
             return
         # every DataLoader here gets its own generator: an iterator draws its base seed from
         # it, and must not draw from torch's global one while another thread seeds that
+        targets: dict[str, list[Tensor]] = {}
         for batch in DataLoader(
             dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator()
         ):
-            images.append(resize_images(batch["image"], image_size))
+            check_stop(stop_event, "preparing the images")
+            images = batch["image"]
+            self.images[done : done + len(images)] = _to_uint8(resize_images(images, image_size))
+            done += len(images)
             for name, value in batch.items():
                 if name != "image":
                     targets.setdefault(name, []).append(value)
-        self.images = torch.cat(images)
         self.targets = {name: torch.cat(chunks) for name, chunks in targets.items()}
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return {"image": self.images[index], **{k: v[index] for k, v in self.targets.items()}}
+        image = self.images[index].float().div_(255.0)
+        return {"image": image, **{k: v[index] for k, v in self.targets.items()}}
+
+
+def _to_uint8(images: Tensor) -> Tensor:
+    """Float images in [0, 1] -> uint8 (nearest grey level)."""
+    return images.mul(255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)
 
 
 class _OnFirstUse(Dataset):
     """A dataset built the first time an item is asked for (thread-safe); its length is
-    known before."""
+    known before. ``build(stop_event)`` makes it; a stopped build is redone on next use."""
 
-    def __init__(self, build: Callable[[], Dataset], length: int) -> None:
+    def __init__(self, build: Callable[[threading.Event | None], Dataset], length: int) -> None:
         self._build, self._length = build, length
         self._dataset: Dataset | None = None
         self._lock = threading.Lock()
 
-    def dataset(self) -> Dataset:
+    def dataset(self, stop_event: threading.Event | None = None) -> Dataset:
         with self._lock:
             if self._dataset is None:
-                self._dataset = self._build()
+                self._dataset = self._build(stop_event)
             return self._dataset
 
     def __len__(self) -> int:
@@ -319,6 +501,9 @@ class LandmarkExperiment:
     cache: FeatureCache | None = None
     #: ``{"train": ..., "test": ...}`` to reuse images already prepared for the same config.
     data: dict[str, Dataset] | None = None
+    #: Set it to stop preparing images or features: :class:`PreparationStopped` is raised
+    #: within about a second (training itself takes its own ``stop_event``).
+    stop_event: threading.Event | None = None
     encoders: dict[str, nn.Module] = field(init=False)
     estimator: MultiMIEstimator = field(init=False)
     model: TransformedMIEstimator = field(init=False)
@@ -435,7 +620,12 @@ class LandmarkExperiment:
         return resolve_precision(self.config.precision, self.device)
 
     def datasets(self) -> dict[str, Dataset]:
-        """``{"train": ..., "test": ...}`` image datasets (preloaded when configured)."""
+        """``{"train": ..., "test": ...}`` image datasets (preloaded when configured: the
+        training images now, the test images when first used).
+
+        Raises:
+            PreparationStopped: :attr:`stop_event` was set meanwhile (nothing is kept).
+        """
         if self.data is None:
             self.data = self._build_datasets()
         return self.data
@@ -460,11 +650,21 @@ class LandmarkExperiment:
         c = self.config
         train, test = self.source_images("train"), self.source_images("test")
         if c.preload:
-            train = _Preloaded(train, c.image_size, c.batch_size)
-            # the test images are needed only at the end: made on first use
+            train = _Preloaded(train, c.image_size, c.batch_size, self.stop_event)
+            # the test images are needed only at the end: made on first use, then stopped by
+            # the stop event of the experiment that uses them (the data may be shared)
             source = test
-            test = _OnFirstUse(lambda: _Preloaded(source, c.image_size, c.batch_size), len(test))
+            test = _OnFirstUse(
+                lambda stop: _Preloaded(source, c.image_size, c.batch_size, stop), len(test)
+            )
         return {"train": train, "test": test}
+
+    def _dataset(self, split: str) -> Dataset:
+        """``datasets()[split]``, made now if it is made on first use (stoppable)."""
+        dataset = self.datasets()[split]
+        if isinstance(dataset, _OnFirstUse):
+            dataset.dataset(self.stop_event)
+        return dataset
 
     def fingerprint(self, split: str) -> str:
         """Identifies exactly the images of a split, for the disk feature cache."""
@@ -480,9 +680,14 @@ class LandmarkExperiment:
     def prepare(self, splits: Sequence[str] = ("train", "test")) -> None:
         """Make the images and the frozen encoders' features of ``splits`` now (training
         does it anyway; this lets a caller do it ahead of time, e.g. while a person reads
-        the page)."""
+        the page).
+
+        Raises:
+            PreparationStopped: :attr:`stop_event` was set meanwhile.
+        """
         self.datasets()
         for split in splits:
+            self._dataset(split)
             self._features(split)
 
     def _features(self, split: str) -> dict[str, Tensor]:
@@ -490,7 +695,7 @@ class LandmarkExperiment:
             return {}
         cache = self.cache if self.cache is not None else FeatureCache()
         self.cache = cache
-        dataset = self.datasets()[split]
+        dataset = self._dataset(split)
         fingerprints = self.frozen_fingerprints()
         return {
             name: cache.features(
@@ -501,6 +706,7 @@ class LandmarkExperiment:
                 encoder_fingerprint=fingerprints[name],  # hashed once per experiment
                 batch_size=self.config.batch_size,
                 device=self.device,
+                stop_event=self.stop_event,
             )
             for name, enc in self.encoders.items()
             if is_frozen(enc)
@@ -532,7 +738,7 @@ class LandmarkExperiment:
         if split not in ("train", "valid", "test"):
             raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
         source = "test" if split == "test" else "train"
-        dataset: Dataset = self.datasets()[source]
+        dataset: Dataset = self._dataset(source)
         tables = self._features(source)
         if tables:
             dataset = WithFeatures(dataset, tables)

@@ -13,6 +13,8 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,9 +23,14 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from mist_core.data.stopping import check_stop
 from mist_core.freeze import is_frozen
 
-__all__ = ["FeatureCache", "WithFeatures", "compute_features", "module_fingerprint"]
+__all__ = ["MAX_TABLES", "FeatureCache", "WithFeatures", "compute_features", "module_fingerprint"]
+
+#: Feature tables a :class:`FeatureCache` keeps in memory by default (least recently used
+#: dropped first): the dashboard's jobs share one cache across every config they train.
+MAX_TABLES = 16
 
 logger = logging.getLogger(__name__)
 
@@ -48,21 +55,38 @@ def compute_features(
     key: str = "image",
     batch_size: int = 64,
     device: torch.device | str = "cpu",
+    stop_event: threading.Event | None = None,
 ) -> Tensor:
-    """Run ``encoder`` over every item's ``key`` in order: ``[len(dataset), F]`` on the CPU."""
+    """Run ``encoder`` over every item's ``key`` in order: ``[len(dataset), F]`` on the CPU.
+
+    The table is filled batch by batch (no second copy). ``stop_event`` is checked before
+    each batch: when set, :class:`~mist_core.data.stopping.PreparationStopped` is raised.
+    """
+    n = len(dataset)  # type: ignore[arg-type]
+    if n == 0:
+        raise ValueError("cannot compute features of an empty dataset")
     was_training = encoder.training
     encoder.eval()
+    table: Tensor | None = None
+    done = 0
     try:
         # its own generator: the iterator's base seed must not come from torch's global one
         loader = DataLoader(
             dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator()
         )
-        chunks = [encoder(batch[key].to(device)).float().cpu() for batch in loader]
+        for batch in loader:
+            check_stop(stop_event, "computing features")
+            features = encoder(batch[key].to(device)).float().cpu()
+            if table is None:
+                table = torch.empty((n, *features.shape[1:]), dtype=features.dtype)
+            table[done : done + len(features)] = features
+            done += len(features)
+        check_stop(stop_event, "computing features")
     finally:
         encoder.train(was_training)
-    if not chunks:
-        raise ValueError("cannot compute features of an empty dataset")
-    return torch.cat(chunks)
+    if table is None or done != n:
+        raise ValueError(f"the dataset gave {done} items, expected {n}")
+    return table
 
 
 class FeatureCache:
@@ -70,6 +94,9 @@ class FeatureCache:
 
     Args:
         directory: where to keep ``.safetensors`` tables between runs (``None``: memory only).
+        max_tables: how many tables to keep in memory (``None``: no bound); the least
+            recently used one is dropped first (it stays on disk when ``directory`` is set).
+            A table is ``N x 512`` float32: 2 KB per image, 4 MB for 2,000 images.
 
     A table is keyed by the dataset's fingerprint (a string that identifies exactly which
     images, e.g. ``"synthetic(n=2000,seed=0)"``), the encoder's weights
@@ -77,11 +104,37 @@ class FeatureCache:
     input settings, which the caller includes in the dataset or the ``extra`` key.
     """
 
-    def __init__(self, directory: str | Path | None = None) -> None:
+    def __init__(
+        self, directory: str | Path | None = None, max_tables: int | None = MAX_TABLES
+    ) -> None:
+        if max_tables is not None and (
+            isinstance(max_tables, bool) or not isinstance(max_tables, int) or max_tables < 1
+        ):
+            raise ValueError(f"max_tables must be a positive integer or None, got {max_tables!r}")
         self.directory = Path(directory) if directory is not None else None
-        self._tables: dict[str, Tensor] = {}
+        self.max_tables = max_tables
+        self._tables: OrderedDict[str, Tensor] = OrderedDict()
+        self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+
+    def __len__(self) -> int:
+        """How many tables are in memory."""
+        return len(self._tables)
+
+    def _remember(self, key: str, table: Tensor) -> None:
+        with self._lock:
+            self._tables[key] = table
+            self._tables.move_to_end(key)
+            while self.max_tables is not None and len(self._tables) > self.max_tables:
+                self._tables.popitem(last=False)
+
+    def _recall(self, key: str) -> Tensor | None:
+        with self._lock:
+            table = self._tables.get(key)
+            if table is not None:
+                self._tables.move_to_end(key)
+            return table
 
     @staticmethod
     def key(
@@ -107,32 +160,38 @@ class FeatureCache:
         encoder_fingerprint: str | None = None,
         batch_size: int = 64,
         device: torch.device | str = "cpu",
+        stop_event: threading.Event | None = None,
     ) -> Tensor:
-        """The table ``[len(dataset), F]`` for a frozen ``encoder``, computed at most once.
+        """The table ``[len(dataset), F]`` for a frozen ``encoder``, computed at most once
+        (while it stays among the ``max_tables`` most recently used, or on disk).
 
         ``encoder_fingerprint``: the encoder's :func:`module_fingerprint` when the caller
-        already has it (hashing the weights costs ~0.1 s for a ResNet18).
+        already has it (hashing the weights costs ~0.1 s for a ResNet18). ``stop_event``: see
+        :func:`compute_features`.
         """
         if not is_frozen(encoder):
             raise ValueError("only frozen encoders can be cached: a trained one changes each step")
         key = self.key(dataset_fingerprint, encoder, extra, encoder_fingerprint)
-        if key in self._tables:
+        table = self._recall(key)
+        if table is not None:
             self.hits += 1
-            return self._tables[key]
+            return table
         path = self._path(key)
         if path is not None and path.exists():
             try:
                 table = load_file(str(path))["features"]
                 if len(table) == len(dataset):  # type: ignore[arg-type]
                     self.hits += 1
-                    self._tables[key] = table
+                    self._remember(key, table)
                     return table
                 logger.warning("ignoring cached features %s: wrong length", path)
             except Exception as error:  # a truncated or foreign file: recompute it
                 logger.warning("ignoring unreadable cached features %s: %s", path, error)
         self.misses += 1
-        table = compute_features(encoder, dataset, batch_size=batch_size, device=device)
-        self._tables[key] = table
+        table = compute_features(
+            encoder, dataset, batch_size=batch_size, device=device, stop_event=stop_event
+        )
+        self._remember(key, table)
         if path is not None:
             self._write(path, table)
         return table

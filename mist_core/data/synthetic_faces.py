@@ -64,12 +64,17 @@ the other core's work competes for it)::
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import math
 import multiprocessing
 import os
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
@@ -78,10 +83,17 @@ import torch
 from torch.utils.data import Dataset
 
 from mist_core.data.landmarks import LANDMARKS
+from mist_core.data.stopping import check_stop
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LANDMARKS", "SyntheticFaces", "render_face"]
+__all__ = [
+    "CHUNK_FACES",
+    "LANDMARKS",
+    "TASK_FACES",
+    "SyntheticFaces",
+    "render_face",
+]
 
 """Landmark names, in CelebA's order; "left" is the image-left."""
 
@@ -1095,6 +1107,121 @@ def render_face(params: FaceParams) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 
 
 # --------------------------------------------------------------------------------------------
+# Worker processes
+# --------------------------------------------------------------------------------------------
+
+#: Faces a worker process draws per task (about 0.3 s at ~17 ms a face).
+TASK_FACES = 16
+#: Faces per chunk of :meth:`SyntheticFaces.render_chunks` (30 MB at 218 x 178).
+CHUNK_FACES = 256
+_POLL_S = 0.1  # how often a stop is checked while waiting for the workers
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _worker_init(parent: int) -> None:
+    """Run first in each forked worker: die with the parent, default signal handling."""
+    # The parent may have a graceful-stop handler (the CLI's SIGTERM): a worker must not
+    # keep it, or it would ignore SIGTERM and outlive a stopped training.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: the parent's clean-up still kills us
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _start_pool(workers: int) -> ProcessPoolExecutor | None:
+    """A pool of ``workers`` forked processes, or ``None`` where fork is unavailable."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return None
+    try:
+        pool = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_worker_init,
+            initargs=(os.getpid(),),
+        )
+        with _stop_signals_held():
+            pool.submit(int)  # forks every worker now (the fork start method forks them all)
+        return pool
+    except OSError as error:
+        logger.warning("drawing faces in this process (no worker processes: %s)", error)
+        return None
+
+
+@contextlib.contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Hold back SIGTERM and SIGINT's Python handlers while workers are forked, and run them
+    right after. A handler that runs inside fork's hooks (Python runs them in the forking
+    thread) has its exception ignored ("Exception ignored in: _releaseLock"): the
+    KeyboardInterrupt of Ctrl-C, or of the CLI's graceful stop on SIGTERM, would be lost and
+    the process would go on drawing. Only the main thread runs Python handlers, so only a
+    fork there needs this."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous: dict[int, object] = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(signum)
+        if callable(handler):  # SIG_DFL and SIG_IGN are not Python code: nothing to lose
+            previous[signum] = handler
+            signal.signal(signum, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)  # type: ignore[arg-type]
+        for signum in caught:
+            signal.raise_signal(signum)
+
+
+def _kill_pool(pool: ProcessPoolExecutor) -> None:
+    """End a pool now: kill its workers (no waiting for their tasks) and reap them."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        try:
+            process.kill()
+        except (OSError, ValueError, AttributeError):  # already gone or closed
+            pass
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        try:
+            process.join(timeout=2.0)
+        except (OSError, ValueError, AssertionError):
+            pass
+
+
+def _blocks(chunk: list[int]) -> list[list[int]]:
+    """A chunk's indices split into worker tasks of at most ``TASK_FACES``."""
+    return [chunk[k : k + TASK_FACES] for k in range(0, len(chunk), TASK_FACES)]
+
+
+def _result(future: Future, stop_event: threading.Event | None) -> object:
+    """A task's result, checking ``stop_event`` every ``_POLL_S`` while it is drawn."""
+    while True:
+        check_stop(stop_event, "drawing faces")
+        try:
+            return future.result(timeout=_POLL_S)
+        except TimeoutError:
+            continue
+
+
+def _concatenate(
+    parts: list[tuple[np.ndarray, dict[str, np.ndarray]]],
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    if len(parts) == 1:
+        return parts[0]
+    images = np.concatenate([images for images, _ in parts])
+    landmarks = {name: np.concatenate([marks[name] for _, marks in parts]) for name in LANDMARKS}
+    return images, landmarks
+
+
+# --------------------------------------------------------------------------------------------
 # Dataset
 # --------------------------------------------------------------------------------------------
 
@@ -1154,6 +1281,14 @@ class SyntheticFaces(Dataset):
             raise IndexError(f"index out of range for {self.n} items")
         return index
 
+    def _indices(self, indices: Sequence[int]) -> list[int]:
+        """``[self._index(i) for i in indices]``, at once for a range within bounds."""
+        if isinstance(indices, range) and (
+            len(indices) == 0 or (0 <= indices[0] < self.n and 0 <= indices[-1] < self.n)
+        ):
+            return list(indices)
+        return [self._index(i) for i in indices]
+
     def params(self, index: int) -> FaceParams:
         """The parameters of item ``index`` (negative indices count from the end)."""
         rng = np.random.default_rng([self.seed, self._index(index)])
@@ -1163,38 +1298,111 @@ class SyntheticFaces(Dataset):
         """Item ``index`` as ``render_face`` returns it: uint8 ``[H, W, 3]`` and landmarks."""
         return render_face(self.params(index))
 
+    def render_block(self, indices: Sequence[int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Items ``indices`` drawn here, one after another: uint8 ``[N, H, W, 3]`` and
+        ``{name: [N, 2]}`` (what a worker process of :meth:`render_chunks` does)."""
+        height, width = self.image_size
+        images = np.empty((len(indices), height, width, 3), dtype=np.uint8)
+        landmarks = {name: np.empty((len(indices), 2), dtype=np.float64) for name in LANDMARKS}
+        for k, index in enumerate(indices):
+            images[k], marks = self.render(index)
+            for name in LANDMARKS:
+                landmarks[name][k] = marks[name]
+        return images, landmarks
+
+    def render_chunks(
+        self,
+        indices: Sequence[int],
+        *,
+        chunk_size: int = CHUNK_FACES,
+        workers: int | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """Items ``indices`` in order, ``chunk_size`` at a time: for each chunk, uint8 images
+        ``[n, H, W, 3]`` and ``{name: [n, 2]}`` (``n = chunk_size``, less in the last one).
+
+        Memory stays bounded whatever ``len(indices)``: at most two chunks are being drawn
+        or held at a time. With ``workers`` > 1 (default: one per CPU core for 256 items or
+        more) the faces are drawn in forked worker processes, ``TASK_FACES`` per task (drawing
+        is numpy code that holds the GIL, so threads would not help); the workers die with
+        this process (SIGKILL from the kernel on Linux, whatever kills it), take SIGTERM and
+        SIGINT with the default action, and are killed at once when anything goes wrong
+        here, including a stop, a ``KeyboardInterrupt`` or the caller closing the iterator.
+        Falls back to drawing here when processes cannot be forked or die. The result is the
+        same either way: item ``i`` depends on ``(seed, i)`` only.
+
+        Raises:
+            PreparationStopped: ``stop_event`` was set (checked several times a second).
+        """
+        chunk_size = _check_int("chunk_size", chunk_size)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        order = self._indices(indices)
+        chunks = [order[k : k + chunk_size] for k in range(0, len(order), chunk_size)]
+        if workers is None:
+            workers = (os.cpu_count() or 1) if len(order) >= 256 else 1
+        workers = max(1, min(int(workers), math.ceil(len(order) / TASK_FACES)))
+        pool = _start_pool(workers) if workers > 1 else None
+        submitted: dict[int, list[Future]] = {}
+
+        def submit(c: int) -> None:  # chunk c's tasks, unless handed out already
+            if pool is not None and c < len(chunks) and c not in submitted:
+                submitted[c] = [pool.submit(self.render_block, b) for b in _blocks(chunks[c])]
+
+        try:
+            for c, chunk in enumerate(chunks):
+                drawn = None
+                if pool is not None:
+                    try:
+                        submit(c)
+                        submit(c + 1)  # drawn while this process takes chunk c on
+                        drawn = _concatenate([_result(f, stop_event) for f in submitted.pop(c)])
+                    except (OSError, BrokenProcessPool) as error:
+                        logger.warning("drawing faces in this process (workers failed: %s)", error)
+                        _kill_pool(pool)
+                        pool = None
+                if drawn is None:
+                    parts = []
+                    for block in _blocks(chunk):
+                        check_stop(stop_event, "drawing faces")
+                        parts.append(self.render_block(block))
+                    drawn = _concatenate(parts)
+                yield drawn
+        except BaseException:  # a stop, Ctrl-C, an error or the caller closing the iterator
+            if pool is not None:
+                _kill_pool(pool)
+                pool = None
+            raise
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+
     def render_many(
-        self, indices: Sequence[int], workers: int | None = None
+        self,
+        indices: Sequence[int],
+        workers: int | None = None,
+        stop_event: threading.Event | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Items ``indices`` at once: uint8 images ``[N, H, W, 3]`` and ``{name: [N, 2]}``.
 
-        Drawing is numpy code that holds the GIL, so threads do not help; with ``workers``
-        > 1 (default: one per CPU core for 256 items or more) the items are drawn in forked
-        worker processes, which is as many times faster on an idle machine. Falls back to
-        drawing here when processes cannot be forked. The result is the same either way.
+        Drawn with :meth:`render_chunks` (worker processes for 256 items or more, see there)
+        straight into the result: memory is the result plus two chunks. For many items at
+        a smaller size, resize :meth:`render_chunks`' chunks instead (a 218 x 178 face is
+        116 KB).
+
+        Raises:
+            PreparationStopped: ``stop_event`` was set.
         """
-        indices = [self._index(i) for i in indices]
-        if workers is None:
-            workers = (os.cpu_count() or 1) if len(indices) >= 256 else 1
-        drawn: list[tuple[np.ndarray, dict[str, np.ndarray]]] | None = None
-        if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
-            try:
-                context = multiprocessing.get_context("fork")
-                with ProcessPoolExecutor(workers, mp_context=context) as pool:
-                    chunk = max(1, len(indices) // (8 * workers))
-                    drawn = list(pool.map(self.render, indices, chunksize=chunk))
-            except (OSError, BrokenProcessPool) as error:
-                logger.warning("drawing faces in this process (no worker processes: %s)", error)
-        if drawn is None:
-            drawn = [self.render(i) for i in indices]
+        order = self._indices(indices)
         height, width = self.image_size
-        images = np.empty((len(drawn), height, width, 3), dtype=np.uint8)
-        for k, (image, _) in enumerate(drawn):
-            images[k] = image
-        landmarks = {
-            name: np.array([marks[name] for _, marks in drawn], dtype=np.float64).reshape(-1, 2)
-            for name in LANDMARKS
-        }
+        images = np.empty((len(order), height, width, 3), dtype=np.uint8)
+        landmarks = {name: np.empty((len(order), 2), dtype=np.float64) for name in LANDMARKS}
+        done = 0
+        for chunk, marks in self.render_chunks(order, workers=workers, stop_event=stop_event):
+            images[done : done + len(chunk)] = chunk
+            for name in LANDMARKS:
+                landmarks[name][done : done + len(chunk)] = marks[name]
+            done += len(chunk)
         return images, landmarks
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -391,3 +394,90 @@ def test_dataloader_workers_give_the_same_batches():
     serial = next(iter(DataLoader(dataset, batch_size=4, shuffle=False)))
     parallel = next(iter(DataLoader(dataset, batch_size=4, shuffle=False, num_workers=2)))
     assert _equal_items(serial, parallel)
+
+
+# --------------------------------------------------------------------------------------------
+# Drawing many: chunks, worker processes, stopping
+# --------------------------------------------------------------------------------------------
+
+
+def _children() -> list[int]:
+    """Processes whose parent is this one (from /proc; Linux)."""
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == me and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def _wait_no_children(timeout: float = 5.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while _children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _children()
+
+
+def test_chunks_and_workers_give_the_same_images_as_drawing_one_by_one():
+    faces = SyntheticFaces(45, seed=4, image_size=(64, 52))
+    one_by_one = [faces.render(i) for i in range(45)]
+    images = np.stack([image for image, _ in one_by_one])
+    for workers in (1, 2):
+        chunks = list(faces.render_chunks(range(45), chunk_size=7, workers=workers))
+        assert [len(c) for c, _ in chunks] == [7] * 6 + [3]
+        assert np.array_equal(np.concatenate([c for c, _ in chunks]), images)
+        for name in LANDMARKS:
+            expected = np.stack([marks[name] for _, marks in one_by_one])
+            assert np.array_equal(np.concatenate([m[name] for _, m in chunks]), expected)
+    drawn, marks = faces.render_many([44, 3, -1], workers=2)
+    assert np.array_equal(drawn, images[[44, 3, 44]])
+    assert np.array_equal(marks["nose"][1], one_by_one[3][1]["nose"])
+    assert _wait_no_children() == []
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        next(faces.render_chunks(range(3), chunk_size=0))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_render_many_stops_within_two_seconds_of_its_stop_event(workers):
+    from mist_core.experiment import PreparationStopped
+
+    faces = SyntheticFaces(700, seed=0)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(PreparationStopped):
+        faces.render_many(range(700), workers=workers, stop_event=stop)
+    stop.clear()
+    timer = threading.Timer(1.0, stop.set)
+    timer.start()
+    start = time.monotonic()
+    with pytest.raises(PreparationStopped, match="drawing faces stopped"):
+        faces.render_many(range(700), workers=workers, stop_event=stop)
+    took = time.monotonic() - start
+    timer.join()
+    assert took < 1.0 + 2.0, f"the stop took {took - 1.0:.2f} s"
+    assert _wait_no_children(2.0) == [], "the workers are killed at once"
+
+
+def test_closing_the_chunks_early_kills_the_workers():
+    faces = SyntheticFaces(2000, seed=0)
+    chunks = faces.render_chunks(range(2000), chunk_size=32, workers=2)
+    first, _ = next(chunks)
+    assert len(first) == 32 and len(_children()) == 2
+    chunks.close()
+    assert _wait_no_children(2.0) == []
+
+
+def test_workers_started_from_another_thread_draw_the_same_faces():
+    """The dashboard draws in job threads: the workers' set-up (signals, prctl) must work
+    when they are forked from a thread that is not the main one."""
+    faces = SyntheticFaces(40, seed=2, image_size=(64, 52))
+    out = {}
+    thread = threading.Thread(target=lambda: out.update(d=faces.render_many(range(40), 2)))
+    thread.start()
+    thread.join()
+    assert np.array_equal(out["d"][0], faces.render_many(range(40), workers=1)[0])
