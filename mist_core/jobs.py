@@ -4,9 +4,17 @@ A :class:`JobRegistry` (one per process) submits jobs, queues them so that at mo
 per device, and finds them again by id. A :class:`Job` trains its experiment in a thread,
 writes everything to its run directory (:mod:`mist_core.runs`) as it goes, and publishes an
 immutable :class:`JobSnapshot` that a UI can poll. Stopping is cooperative and takes effect
-after the current training step; an exception in the worker ends the job as failed with its
-message and traceback, and never reaches the caller's thread. Nothing here knows about any
-UI framework.
+after the current training step (within about 2 s while the images are being prepared); an
+exception in the worker ends the job as failed with its message and traceback, and never
+reaches the caller's thread.
+
+What is bounded: a job's thread exists only while it runs (queued jobs wait in a per-device
+first-in first-out queue, and the next one starts when one ends); at most ``max_queued`` jobs
+wait (:class:`QueueFullError` beyond); ended jobs are forgotten beyond ``keep_finished``
+(their runs stay on disk). A job holds its run's writer lock (:meth:`mist_core.runs.Run.
+acquire_writer`) from the moment its run exists until it has ended, so no other process
+writes the same run; a job always ends as finished, stopped or failed, even when writing its
+files fails on the way out. Nothing here knows about any UI framework.
 """
 
 from __future__ import annotations
@@ -20,21 +28,33 @@ import threading
 import time
 import traceback
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import torch
 
 import mist_core
 from mist_core.data import FeatureCache
-from mist_core.experiment import ExperimentConfig, LandmarkExperiment
-from mist_core.runs import Run, RunStatus, RunStore
+from mist_core.experiment import ExperimentConfig, LandmarkExperiment, PreparationStopped
+from mist_core.resources import check_resources
+from mist_core.runs import Run, RunBusyError, RunStatus, RunStore
 from mist_core.training import Progress, ResumeFrom, TrainState
 
-__all__ = ["Job", "JobRegistry", "JobSnapshot", "JobState", "PreparedImages", "environment"]
+__all__ = [
+    "DeviceBusyError",
+    "Job",
+    "JobRegistry",
+    "JobSnapshot",
+    "JobState",
+    "PreparedImages",
+    "QueueFullError",
+    "device_key",
+    "environment",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +67,36 @@ MAX_CURVE_POINTS = 2000
 FLUSH_EVERY_S = 1.0
 #: How many prepared image sets a PreparedImages keeps in memory.
 MAX_PREPARED_DATASETS = 2
+#: How often a thread waiting for something looks at its stop event.
+_POLL_S = 0.1
+#: Defaults of :class:`JobRegistry`: jobs waiting for a device; ended jobs remembered.
+MAX_QUEUED = 8
+KEEP_FINISHED = 20
 
 Curves = Mapping[str, tuple[tuple[int, float], ...]]
+
+
+class DeviceBusyError(RuntimeError):
+    """``submit(..., exclusive=True)`` while a job is running or waiting on that device."""
+
+
+class QueueFullError(RuntimeError):
+    """``submit`` or ``resume`` while ``max_queued`` jobs are already waiting."""
+
+
+def device_key(device: str) -> str:
+    """The device a config's ``device`` trains on, as the registry queues jobs: ``"auto"``
+    resolved (``"cuda:0"`` when CUDA is available, else ``"cpu"``), ``"cuda"`` as
+    ``"cuda:0"``."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):  # validated by ExperimentConfig anyway
+        return str(device)
+    if resolved.type == "cuda" and resolved.index is None:
+        return "cuda:0"
+    return str(resolved)
 
 
 @dataclass(frozen=True)
@@ -125,7 +173,12 @@ def _thin(points: list[tuple[int, float]]) -> tuple[tuple[int, float], ...]:
 
 
 class Job:
-    """One experiment trained in a background thread. Create jobs with :class:`JobRegistry`."""
+    """One experiment trained in a background thread. Create jobs with :class:`JobRegistry`.
+
+    The thread exists only while the job runs: the registry starts it when the job's device
+    is free. ``run``/``owner`` (a resumed run and its writer lock, taken by the registry)
+    are held until the job has ended.
+    """
 
     def __init__(
         self,
@@ -134,6 +187,8 @@ class Job:
         *,
         run_name: str | None = None,
         resume: bool = False,
+        run: Run | None = None,
+        owner: Any = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.config = config
@@ -142,17 +197,15 @@ class Job:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._done = threading.Event()
-        self._device = (
-            str(torch.device(config.device))
-            if config.device != "auto"
-            else ("cuda" if torch.cuda.is_available() else "cpu")
-        )
+        self._device = device_key(config.device)
         self._state = RunStatus.QUEUED
-        self._run_name = run_name
-        self._run: Run | None = None
+        self._run_name = run.name if run is not None else run_name
+        self._run: Run | None = run
+        self._owner = owner  # the run's RunWriter (writer lock + heartbeat) while we hold it
         self._created = time.time()
         self._started: float | None = None
         self._finished: float | None = None
+        self._training = False  # past the preparation: a stop then saves a checkpoint
         self._progress: Progress | None = None
         self._first_step: tuple[int, float] | None = None
         self._curves: dict[str, dict[str, list[tuple[int, float]]]] = {"train": {}, "valid": {}}
@@ -170,21 +223,30 @@ class Job:
 
     @property
     def device(self) -> str:
+        """Where it trains, as :func:`device_key` names it (``"cpu"``, ``"cuda:0"``...)."""
         return self._device
 
     @property
     def run_name(self) -> str | None:
         return self._run_name
 
+    @property
+    def done(self) -> bool:
+        """Whether the job has ended and let go of its device and run (``wait`` returns)."""
+        return self._done.is_set()
+
     def stop(self) -> None:
-        """Ask the job to stop after its current step (it saves a checkpoint first)."""
+        """Ask the job to stop: a queued job is withdrawn at once; a preparing one stops
+        within about 2 s; a training one after its current step (it saves a checkpoint)."""
         with self._lock:
             if self._state in _ENDED:
                 return
             self._stop.set()
             if self._state is RunStatus.RUNNING:
                 self._state = RunStatus.STOPPING
-                self._message = "stopping after the current step"
+                self._message = "stopping after the current step" if self._training else "stopping"
+        if self._registry._withdraw(self):  # it was still waiting: no thread to tell
+            self._end_unstarted(RunStatus.STOPPED, "cancelled while queued")
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the job has ended; True if it has."""
@@ -229,71 +291,145 @@ class Job:
                 finished=self._finished,
             )
 
-    # --- worker ---------------------------------------------------------------------------
+    # --- life cycle -----------------------------------------------------------------------
 
     def _start(self) -> None:
         self._thread.start()
 
     def _set(self, state: RunStatus, message: str = "") -> None:
+        """The state in memory first (it never fails), then in the run's status.json; a
+        failed write is logged and said in the message."""
         with self._lock:
             self._state = state
             self._message = message
-        if self._run is not None:
-            try:
-                self._run.set_status(state, message=message or None, traceback=self._traceback)
-            except OSError as error:  # the UI still shows the state; the disk may be full
-                logger.warning("could not write the status of run %s: %s", self._run_name, error)
+            if state in _ENDED and self._finished is None:
+                self._finished = time.time()
+        if self._run is None:
+            return
+        try:
+            self._run.set_status(state, message=message or None, traceback=self._traceback)
+        except Exception as error:  # noqa: BLE001 - the UI still shows the state; disk full?
+            logger.warning("could not write the status of run %s: %s", self._run_name, error)
+            with self._lock:
+                self._message = (
+                    f"{message} (the run's status could not be written: {error})"
+                    if message
+                    else f"the run's status could not be written: {error}"
+                )
+
+    def _end_unstarted(self, state: RunStatus, message: str) -> None:
+        """End a job whose thread never ran (cancelled while queued, or no thread could be
+        started). A resumed run's files are left as they were."""
+        with self._lock:
+            self._state, self._message = state, message
+            self._finished = time.time()
+        self._release_owner()
+        try:
+            self._registry._job_ended(self)
+        finally:
+            self._done.set()
+
+    def _release_owner(self) -> None:
+        owner, self._owner = self._owner, None
+        if owner is None:
+            return
+        try:
+            owner.release()
+        except Exception as error:  # noqa: BLE001 - the lock goes with the file anyway
+            logger.warning(
+                "could not release the writer lock of run %s: %s", self._run_name, error
+            )
 
     def _main(self) -> None:
         try:
-            slot = self._registry._device_slot(self._device)
-            while not slot.acquire(timeout=0.05):
-                if self._stop.is_set():
-                    with self._lock:
-                        self._state, self._message = RunStatus.STOPPED, "cancelled while queued"
-                        self._finished = time.time()
-                    return
             try:
                 self._train()
-            finally:
-                slot.release()
+            except PreparationStopped:
+                self._stopped_while_preparing()
         except BaseException as error:  # noqa: BLE001 - a worker must never take the process down
-            with self._lock:
-                self._error = f"{type(error).__name__}: {error}"
-                self._traceback = traceback.format_exc()
-                self._finished = time.time()
-            logger.error("job %s failed: %s", self.id, self._error)
-            if self._writer is not None:
-                self._writer.join()
-            self._flush(force=True)
-            self._set(RunStatus.FAILED, self._error)
+            self._fail(error, traceback.format_exc())
         finally:
-            self._registry._finished(self)
+            self._end()
+
+    def _stopped_while_preparing(self) -> None:
+        message = "stopped while preparing the images"
+        if self._resume:
+            message += "; it can be resumed"
+        self._set(RunStatus.STOPPED, message)
+
+    def _fail(self, error: BaseException, trace: str) -> None:
+        """Record the failure; every file written on the way out may fail too, and is then
+        named in the message instead."""
+        with self._lock:
+            self._error = f"{type(error).__name__}: {error}"
+            self._traceback = trace
+            self._finished = time.time()
+        logger.error("job %s failed: %s", self.id, self._error)
+        also = []
+        try:
+            self._wait_for_writer()
+        except BaseException as late:  # noqa: BLE001 - reported below
+            also.append(f"the last checkpoint could not be saved ({late})")
+        try:
+            self._flush(force=True)
+        except BaseException as late:  # noqa: BLE001 - reported below
+            logger.error("job %s: could not write its last metrics: %s", self.id, late)
+            also.append(f"its last metrics could not be written ({late})")
+        message = self._error if not also else f"{self._error}; also, {'; '.join(also)}"
+        self._set(RunStatus.FAILED, message)
+
+    def _end(self) -> None:
+        """Whatever happened: an ended state in memory, the run's lock released (after its
+        last status write), the device handed to the next job, waiters woken."""
+        try:
+            with self._lock:
+                if self._state not in _ENDED:  # the failure path itself failed
+                    self._state = RunStatus.FAILED
+                    self._error = self._error or "the job ended unexpectedly"
+                    self._message = self._error
+                if self._finished is None:
+                    self._finished = time.time()
+            self._release_owner()
+            self._registry._job_ended(self)
+        except BaseException:  # noqa: BLE001 - waiters must be woken whatever happens
+            logger.exception("job %s: error while ending", self.id)
+        finally:
             self._done.set()
 
+    # --- worker ---------------------------------------------------------------------------
+
+    def _check_stop(self) -> None:
+        if self._stop.is_set():
+            raise PreparationStopped("stopped while preparing the images")
+
     def _train(self) -> None:
+        if self._stop.is_set():  # stopped between leaving the queue and starting: no run
+            self._set(RunStatus.STOPPED, "cancelled before it started")
+            return
         store = self._registry.store
-        if self._resume:
-            assert self._run_name is not None
-            self._run = store.open(self._run_name)
-        else:
-            self._run = store.create(self.config, self._run_name)
+        if self._run is None:
+            self._run = store.create(self.config, self._run_name, acquire=True)
+            self._owner = self._run.writer
             with self._lock:
                 self._run_name = self._run.name
         with self._lock:
             self._started = time.time()
-        if self._stop.is_set():
-            self._set(RunStatus.STOPPED, "stopped before it started")
-            return
         self._set(RunStatus.RUNNING, "preparing the images and encoders")
+        self._check_stop()
         experiment = LandmarkExperiment(
             self.config,
             cache=self._registry.feature_cache,
-            data=self._registry.prepared_data(self.config),
+            data=self._registry.prepared_data(self.config, stop_event=self._stop),
+            stop_event=self._stop,
         )
+        self._check_stop()
         resume = self._resume_point(experiment) if self._resume else None
         experiment.frozen_fingerprints()
         experiment.datasets()
+        with self._lock:
+            if self._stop.is_set():
+                raise PreparationStopped("stopped while preparing the images")
+            self._training = True  # from here a stop saves a checkpoint
         self._set(RunStatus.RUNNING, "training")
         log = experiment.train(
             callback=self._on_progress,
@@ -306,8 +442,6 @@ class Job:
         steps = int(log.attrs.get("steps", 0))
         if log.attrs.get("stopped"):
             # A stop must be quick: the checkpoint is saved; evaluation can come later.
-            with self._lock:
-                self._finished = time.time()
             self._set(RunStatus.STOPPED, f"stopped at step {steps}; it can be resumed")
             return
         with self._lock:
@@ -325,7 +459,6 @@ class Job:
         )
         with self._lock:
             self._mi_table = tuple(MappingProxyType(r) for r in table.to_dict("records"))
-            self._finished = time.time()
         self._set(RunStatus.FINISHED, "finished")
 
     def _resume_point(self, experiment: LandmarkExperiment) -> ResumeFrom:
@@ -352,13 +485,19 @@ class Job:
         self._flush()
 
     def _flush(self, force: bool = False) -> None:
+        """Write the buffered metric rows; rows that could not be written stay buffered."""
         now = time.monotonic()
         if self._run is None or (not force and now - self._last_flush < FLUSH_EVERY_S):
             return
         with self._lock:
             rows, self._pending_rows = self._pending_rows, []
         if rows:
-            self._run.append_metrics(rows)
+            try:
+                self._run.append_metrics(rows)
+            except BaseException:
+                with self._lock:
+                    self._pending_rows[:0] = rows
+                raise
         self._last_flush = now
 
     def _checkpoint(self, experiment: LandmarkExperiment, state: TrainState) -> None:
@@ -409,9 +548,10 @@ class Job:
 class PreparedImages:
     """Images (and frozen features) drawn or loaded ahead of the jobs that will use them.
 
-    Keeps the most recent few image sets in memory, keyed by what defines the images;
-    several registries, or a warm-up started before any registry exists, can share one.
-    Thread-safe: concurrent :meth:`prepare` calls for the same images do the work once.
+    Keeps the most recent few image sets in memory (``MAX_PREPARED_DATASETS``), keyed by
+    what defines the images; several registries, or a warm-up started before any registry
+    exists, can share one. Thread-safe: concurrent :meth:`prepare` calls for the same images
+    do the work once.
     """
 
     def __init__(self, feature_cache: FeatureCache | None = None) -> None:
@@ -430,17 +570,25 @@ class PreparedImages:
             [c.dataset, root, c.train_size, c.test_size, c.seed, list(c.image_size), c.preload]
         )
 
-    def get(self, config: ExperimentConfig) -> dict | None:
+    def get(
+        self, config: ExperimentConfig, stop_event: threading.Event | None = None
+    ) -> dict | None:
         """The images of ``config`` if they were prepared, else ``None``; waits while
-        another thread is preparing them."""
+        another thread is preparing them, unless ``stop_event`` is set meanwhile
+        (:class:`~mist_core.experiment.PreparationStopped`, within ~0.1 s)."""
         key = self.data_key(config)
         with self._lock:
             lock = self._data_locks.get(key)
         if lock is None:
             return None
-        with lock:  # a preparation in flight finishes first
+        while not lock.acquire(timeout=_POLL_S):  # a preparation in flight finishes first
+            if stop_event is not None and stop_event.is_set():
+                raise PreparationStopped("stopped while waiting for the images being prepared")
+        try:
             with self._lock:
                 return self._data.get(key)
+        finally:
+            lock.release()
 
     def ready(self, config: ExperimentConfig) -> bool:
         """Whether ``config``'s images and features are ready (never waits)."""
@@ -477,8 +625,13 @@ class JobRegistry:
         feature_cache: shared by all jobs, so frozen features computed once are reused.
         prepared: images prepared ahead (see :meth:`prepare`); may be shared with a warm-up
             that started before this registry. Its feature cache wins over ``feature_cache``.
+        max_queued: how many jobs may wait for a busy device (all devices together); one
+            more raises :class:`QueueFullError`.
+        keep_finished: how many ended jobs :meth:`get` still finds (the oldest ended are
+            forgotten first; their runs stay on disk).
 
-    At most one job runs per device; later ones wait in the ``queued`` state.
+    At most one job runs per device; later ones wait in the ``queued`` state, without a
+    thread, and start in the order they came when the device is free.
     """
 
     def __init__(
@@ -486,18 +639,31 @@ class JobRegistry:
         store: RunStore | str | Path = "runs",
         feature_cache: FeatureCache | None = None,
         prepared: PreparedImages | None = None,
+        *,
+        max_queued: int = MAX_QUEUED,
+        keep_finished: int = KEEP_FINISHED,
     ) -> None:
+        for name, value in (("max_queued", max_queued), ("keep_finished", keep_finished)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         self.store = store if isinstance(store, RunStore) else RunStore(store)
         self.prepared = prepared if prepared is not None else PreparedImages(feature_cache)
         self.feature_cache = self.prepared.feature_cache
-        self._jobs: dict[str, Job] = {}
-        self._slots: dict[str, threading.Semaphore] = {}
+        self.max_queued = max_queued
+        self.keep_finished = keep_finished
+        self._jobs: dict[str, Job] = {}  # every job still remembered, oldest first
+        self._running: dict[str, Job] = {}  # device -> the job that holds it
+        self._waiting: dict[str, deque[Job]] = {}  # device -> jobs waiting for it, in order
+        self._ended: deque[str] = deque()  # ids of ended jobs, in the order they ended
         self._lock = threading.Lock()
 
-    def prepared_data(self, config: ExperimentConfig) -> dict | None:
+    def prepared_data(
+        self, config: ExperimentConfig, stop_event: threading.Event | None = None
+    ) -> dict | None:
         """The images of ``config`` if :meth:`prepare` (or an earlier job) made them, else
-        ``None``; waits while another thread is preparing them."""
-        return self.prepared.get(config)
+        ``None``; waits while another thread is preparing them (see
+        :meth:`PreparedImages.get` for ``stop_event``)."""
+        return self.prepared.get(config, stop_event=stop_event)
 
     def is_prepared(self, config: ExperimentConfig) -> bool:
         """Whether ``config``'s images are ready in memory (never waits)."""
@@ -509,47 +675,156 @@ class JobRegistry:
         concurrent calls for the same data do the work once."""
         self.prepared.prepare(config)
 
-    def _device_slot(self, device: str) -> threading.Semaphore:
-        with self._lock:
-            return self._slots.setdefault(device, threading.Semaphore(1))
+    # --- queue ----------------------------------------------------------------------------
 
-    def _finished(self, job: Job) -> None:
-        logger.info("job %s ended: %s", job.id, job.snapshot().state.value)
-
-    def submit(self, config: ExperimentConfig, run_name: str | None = None) -> Job:
-        """Start (or queue) a new job that trains ``config`` into a new run."""
-        job = Job(self, config, run_name=run_name)
+    def _admit(self, job: Job, exclusive: bool) -> None:
+        """Start ``job`` now if its device is free, else queue it (atomically)."""
+        device = job.device
         with self._lock:
+            current = self._running.get(device)
+            waiting = self._waiting.get(device)
+            if exclusive and (current is not None or waiting):
+                other = current if current is not None else waiting[0]
+                what = "running" if current is not None else "waiting"
+                raise DeviceBusyError(
+                    f"a training is already {what} on {device}: job {other.id}"
+                    + (f" (run {other.run_name})" if other.run_name else "")
+                    + "; wait for it to end or stop it first"
+                )
+            if current is not None:
+                queued = sum(len(q) for q in self._waiting.values())
+                if queued >= self.max_queued:
+                    raise QueueFullError(
+                        f"{queued} jobs are already waiting for a device (the limit is "
+                        f"max_queued={self.max_queued}); wait for one to end or cancel one"
+                    )
+                self._jobs[job.id] = job
+                self._waiting.setdefault(device, deque()).append(job)
+                logger.info("job %s queued for %s", job.id, device)
+                return
             self._jobs[job.id] = job
-        job._start()
+            self._running[device] = job
+        self._launch(job)
+
+    def _launch(self, job: Job) -> None:
+        with job._lock:  # it holds its device now: no longer waiting
+            if job._state is RunStatus.QUEUED:
+                job._state, job._message = RunStatus.RUNNING, "starting"
+        try:
+            job._start()
+        except BaseException as error:  # noqa: BLE001 - e.g. "can't start new thread"
+            logger.error("job %s: could not start its thread: %s", job.id, error)
+            with job._lock:
+                job._error = f"{type(error).__name__}: {error}"
+            job._end_unstarted(RunStatus.FAILED, f"could not start its thread: {error}")
+
+    def _withdraw(self, job: Job) -> bool:
+        """Take a waiting ``job`` out of its queue; False when it is not waiting (any more)."""
+        with self._lock:
+            queue = self._waiting.get(job.device)
+            if not queue or job not in queue:
+                return False
+            queue.remove(job)
+            if not queue:
+                del self._waiting[job.device]
+            return True
+
+    def _job_ended(self, job: Job) -> None:
+        """Hand the device to the next waiting job; forget the oldest ended jobs."""
+        successor = None
+        with self._lock:
+            device = job.device
+            if self._running.get(device) is job:
+                del self._running[device]
+                queue = self._waiting.get(device)
+                if queue:
+                    successor = queue.popleft()
+                    if not queue:
+                        del self._waiting[device]
+                    self._running[device] = successor
+            self._ended.append(job.id)
+            while len(self._ended) > self.keep_finished:
+                self._jobs.pop(self._ended.popleft(), None)
+        logger.info("job %s ended: %s", job.id, job.snapshot().state.value)
+        if successor is not None:
+            self._launch(successor)
+
+    # --- public ---------------------------------------------------------------------------
+
+    def submit(
+        self, config: ExperimentConfig, run_name: str | None = None, *, exclusive: bool = False
+    ) -> Job:
+        """Start (or queue) a new job that trains ``config`` into a new run.
+
+        Raises (before any thread starts):
+            mist_core.resources.ResourceError: ``config`` would not fit in this machine.
+            DeviceBusyError: ``exclusive`` and a job is running or waiting on its device.
+            QueueFullError: ``max_queued`` jobs are already waiting.
+        """
+        check_resources(config)
+        job = Job(self, config, run_name=run_name)
+        self._admit(job, exclusive)
         return job
 
-    def resume(self, run_name: str, config: ExperimentConfig | None = None) -> Job:
-        """Continue a stopped run from its last checkpoint, appending to its metrics.
+    def resume(
+        self,
+        run_name: str,
+        config: ExperimentConfig | None = None,
+        *,
+        exclusive: bool = False,
+    ) -> Job:
+        """Continue a stopped or interrupted run from its last checkpoint, appending to its
+        metrics. ``run_name`` is a run's name or the path of its folder.
 
-        ``config`` may change where it runs (``device``), not what it trains."""
+        ``config`` may change where it runs (``device``), not what it trains. The run's
+        writer lock is taken here, so a run being trained by another job or process raises
+        :class:`~mist_core.runs.RunBusyError` to the caller; the errors of :meth:`submit`
+        are raised too."""
         run = self.store.open(run_name)
+        for job in self.active():
+            if job.run_name == run.name:
+                raise RunBusyError(
+                    f"run {run.name!r} is already being trained by job {job.id} in this "
+                    "process; stop it first (or wait)"
+                )
         if not run.has_checkpoint():
-            raise ValueError(f"run {run_name!r} has no checkpoint to resume from")
-        for job in self.jobs():
-            if job.run_name == run_name and not job.snapshot().done:
-                raise ValueError(f"run {run_name!r} is already being trained by job {job.id}")
-        job = Job(self, config or run.config(), run_name=run_name, resume=True)
-        with self._lock:
-            self._jobs[job.id] = job
-        job._start()
+            raise ValueError(f"run {run.name!r} has no checkpoint to resume from")
+        config = config or run.config()
+        check_resources(config)
+        owner = run.acquire_writer()
+        try:
+            job = Job(self, config, resume=True, run=run, owner=owner)
+            self._admit(job, exclusive)
+        except BaseException:
+            owner.release()
+            raise
         return job
 
     def get(self, job_id: str) -> Job:
+        """The job of that id; ``KeyError`` for an unknown id or one ended long ago."""
         with self._lock:
             if job_id not in self._jobs:
-                raise KeyError(f"no job {job_id!r}; known jobs: {', '.join(self._jobs) or 'none'}")
+                known = list(self._jobs)
+                listed = ", ".join(known[-10:]) or "none"
+                raise KeyError(
+                    f"no job {job_id!r} (unknown, or ended and forgotten: only the last "
+                    f"{self.keep_finished} ended jobs are kept); known jobs: {listed}"
+                )
             return self._jobs[job_id]
 
     def jobs(self) -> list[Job]:
-        """Every job of this process, oldest first."""
+        """Every job this registry remembers, oldest first."""
         with self._lock:
             return list(self._jobs.values())
+
+    def active(self, device: str | None = None) -> list[Job]:
+        """The jobs running or waiting (on ``device``, any spelling a config accepts, e.g.
+        ``"auto"``), oldest first."""
+        key = device_key(device) if device is not None else None
+        with self._lock:
+            jobs = list(self._running.values()) + [j for q in self._waiting.values() for j in q]
+        jobs = [j for j in jobs if key is None or j.device == key]
+        return sorted(jobs, key=lambda j: j._created)
 
     def cancel(self, job_id: str) -> None:
         self.get(job_id).stop()

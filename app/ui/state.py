@@ -6,6 +6,7 @@ every browser tab, so a second tab or a reload sees the same jobs and runs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -16,7 +17,7 @@ import torch
 
 from mist_core.experiment import ExperimentConfig, LandmarkExperiment, preset
 from mist_core.jobs import Job, JobRegistry, PreparedImages
-from mist_core.runs import RunInfo, RunStatus, RunStore
+from mist_core.runs import Run, RunInfo, RunStatus, RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -130,23 +131,49 @@ def attach(job: Job) -> None:
     st.query_params["job"] = job.id
 
 
+def list_runs() -> list[RunInfo]:
+    """The store's runs, newest first; ``[]`` (and the reason logged) when the folder
+    itself cannot be read, so that a page never shows a traceback."""
+    try:
+        return store().list()
+    except Exception:  # noqa: BLE001 - RunStore.list reports broken runs itself
+        logger.exception("could not list the runs in %s", RUNS_DIR)
+        return []
+
+
+def interrupted_runs(infos: list[RunInfo] | None = None) -> list[RunInfo]:
+    """Runs whose training process died (status ``interrupted``), newest first."""
+    infos = list_runs() if infos is None else infos
+    return [i for i in infos if i.problem is None and i.status is RunStatus.INTERRUPTED]
+
+
 def runs_with_results(infos: list[RunInfo] | None = None) -> list[RunInfo]:
     """Runs (of ``infos``, default: the store's list) that finished with an MI table,
     newest first."""
-    infos = store().list() if infos is None else infos
+    infos = list_runs() if infos is None else infos
     return [
-        info for info in infos if info.problem is None and info.summary and info.summary.get("mi")
+        info
+        for info in infos
+        if info.problem is None and isinstance(info.summary, dict) and info.summary.get("mi")
     ]
 
 
+#: Runs whose training has ended (or died): their checkpoints are not being written.
+_SETTLED = (RunStatus.FINISHED, RunStatus.STOPPED, RunStatus.INTERRUPTED)
+
+
 def runs_with_checkpoint() -> list[RunInfo]:
-    """Runs with a model to draw posteriors from: finished or stopped, newest first."""
+    """Runs with a model to draw posteriors from: finished, stopped or interrupted, newest
+    first (a run whose checkpoint pointer cannot be read is left out, and logged)."""
     out = []
-    for info in store().list():
-        if info.problem is not None or info.status not in (RunStatus.FINISHED, RunStatus.STOPPED):
+    for info in list_runs():
+        if info.problem is not None or info.status not in _SETTLED:
             continue
-        if store().open(info.name).latest_checkpoint_step() is not None:
-            out.append(info)
+        try:
+            if store().open(info.name).latest_checkpoint_step() is not None:
+                out.append(info)
+        except Exception as error:  # noqa: BLE001 - a broken run must not break the page
+            logger.warning("run %s: cannot read its checkpoints: %s", info.name, error)
     return out
 
 
@@ -157,7 +184,27 @@ def run_label(info: RunInfo) -> str:
         encoders = ", ".join(encoder_label(e).split(" (")[0] for e in config.encoders)
         what = f" · {config.dataset} · {encoders}"
     status = info.status.value if info.status else "?"
+    if info.status is RunStatus.INTERRUPTED:
+        status = "interrupted: its training process died"
     return f"{info.name} ({status}){what}"
+
+
+@functools.lru_cache(maxsize=2)
+def _metrics_csv(path: str, mtime_ns: int, size: int) -> bytes:
+    """One version of a run's metrics as CSV bytes (the key changes when the file does)."""
+    return Run(path).read_metrics().to_csv(index=False).encode()
+
+
+def metrics_csv(run_name: str) -> bytes:
+    """A run's metrics as CSV bytes, for a download: made when it is asked for, then kept
+    for that version of ``metrics.csv`` (its path, modification time and size are the key;
+    the two most recent are kept, ~40 bytes a row). Not ``st.cache_data``: a download's
+    callable runs outside any script run."""
+    run = store().open(run_name)
+    version = run.metrics_version()
+    if version is None:  # no metrics yet: the header alone
+        return run.read_metrics().to_csv(index=False).encode()
+    return _metrics_csv(str(run.path), *version)
 
 
 @st.cache_resource(show_spinner=False, max_entries=3)
@@ -179,8 +226,8 @@ def pick_trained_model(
     """A selectbox of ``runs`` and the chosen run's model, loaded once; a run whose model
     cannot be loaded shows the reason and stops the page (never a traceback)."""
     info = st.selectbox("Trained model (run)", runs, format_func=run_label, key=key)
-    step = latest_step(info.name)
     try:
+        step = latest_step(info.name)
         with st.spinner("Loading the trained model…"):
             experiment = load_experiment(info.name, step)
     except Exception as error:  # noqa: BLE001 - a broken run must not break the page

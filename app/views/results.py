@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pandas as pd
 import streamlit as st
 from ui import charts, state
@@ -18,21 +20,37 @@ st.markdown(
     "faces can do a little worse than the average-face guess)."
 )
 
-listed = state.store().list()  # reads every run's files: once per page run
+listed = state.list_runs()  # reads every run's small files: once per page run
 runs = state.runs_with_results(listed)
 broken = [info for info in listed if info.problem]
 if broken:
-    with st.expander(f"{len(broken)} run folder(s) could not be read and are skipped"):
+    names = ", ".join(f"`{info.name}`" for info in broken[:5]) + (
+        f" and {len(broken) - 5} more" if len(broken) > 5 else ""
+    )
+    st.warning(
+        f"{len(broken)} run folder(s) could not be read and are left out: {names}. "
+        "Their files are damaged or were edited by hand; the details say which."
+    )
+    with st.expander("Details"):
         for info in broken:
             st.markdown(f"- `{info.name}`: {info.problem}")
+interrupted = state.interrupted_runs(listed)
+if interrupted:
+    st.info(
+        f"{len(interrupted)} run(s) were interrupted (their training process died): "
+        + ", ".join(f"`{info.name}`" for info in interrupted[:5])
+        + ". Resume them on the **Train** page."
+    )
 if not runs:
     st.info("No finished run yet. Start one on the **Train** page (the demo takes a few minutes).")
     st.stop()
 
 
 def _table(info: RunInfo) -> pd.DataFrame:
+    """The run's MI rows (``ValueError``/``KeyError``/``TypeError`` when malformed)."""
     assert info.summary is not None
-    return pd.DataFrame(info.summary["mi"])[["encoder", "landmark", "mi", "std_error"]]
+    table = pd.DataFrame(info.summary["mi"])[["encoder", "landmark", "mi", "std_error"]]
+    return table.astype({"encoder": str, "landmark": str, "mi": float, "std_error": float})
 
 
 def _readable(table: pd.DataFrame) -> pd.DataFrame:
@@ -47,7 +65,11 @@ def _readable(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def show_run(info: RunInfo, slot: str) -> None:
-    table = _table(info)
+    try:
+        table = _table(info)
+    except Exception as error:  # noqa: BLE001 - a malformed summary must not break the page
+        st.error(f"The results of run `{info.name}` could not be read: {error}")
+        return
     st.plotly_chart(
         charts.mi_bars(table, title=f"{info.name}: what each network knows (nats)"),
         key=f"bars_{slot}",
@@ -62,10 +84,9 @@ def show_run(info: RunInfo, slot: str) -> None:
         mime="text/csv",
         key=f"csv_{slot}",
     )
-    metrics = state.store().open(info.name).read_metrics()
-    b.download_button(
+    b.download_button(  # made when clicked: metrics.csv can hold millions of rows
         "Download the training curves (CSV)",
-        metrics.to_csv(index=False).encode(),
+        functools.partial(state.metrics_csv, info.name),
         file_name=f"{info.name}-metrics.csv",
         mime="text/csv",
         key=f"metrics_{slot}",
@@ -93,9 +114,13 @@ if compare and len(runs) >= 2:
         show_run(first, "a")
     with right:
         show_run(second, "b")
-    merged = _table(first).merge(
-        _table(second), on=["encoder", "landmark"], suffixes=(" A", " B"), how="outer"
-    )
+    try:
+        merged = _table(first).merge(
+            _table(second), on=["encoder", "landmark"], suffixes=(" A", " B"), how="outer"
+        )
+    except Exception as error:  # noqa: BLE001 - shown above by show_run
+        st.error(f"These two runs cannot be compared: {error}")
+        st.stop()
     merged["difference (B - A)"] = merged["mi B"] - merged["mi A"]
     st.subheader("Side by side")
     st.dataframe(

@@ -10,7 +10,9 @@ from mist_core.data import LANDMARKS, expected_files
 from mist_core.encoders import list_encoders
 from mist_core.estimators import parse_mi_name
 from mist_core.experiment import PRESETS, preset
-from mist_core.jobs import JobSnapshot, PreparedImages
+from mist_core.jobs import DeviceBusyError, Job, JobSnapshot, PreparedImages, QueueFullError
+from mist_core.resources import ResourceError, estimate_resources
+from mist_core.runs import RunBusyError
 
 #: Choices of ExperimentConfig.precision, as the page names them.
 ARITHMETIC = {
@@ -36,8 +38,11 @@ busy = snapshot is not None and not snapshot.done
 if st.query_params.get("job") and job is None:
     st.info(
         "The training this link pointed to is not running in this server any more (it was "
-        "restarted). Its results, if it finished, are on the **Results** page."
+        "restarted, or it ended long ago). Its results, if it finished, are on the "
+        "**Results** page."
     )
+#: What Start or Resume could not do on the previous run of this page (shown once).
+start_error = st.session_state.pop("start_error", None)
 
 PRESET_HELP = {
     "demo-cpu": "The demo: built-in drawn faces, 2,000 small images for training and 500 "
@@ -50,7 +55,18 @@ def _format_seconds(seconds: float | None) -> str:
     if seconds is None:
         return "…"
     seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def _job_words(other: Job) -> str:
+    snap = other.snapshot()
+    what = f"run **{snap.run_name}**" if snap.run_name else f"job {snap.id}"
+    where = f"{snap.state.value} on {snap.device}"
+    if snap.total_steps:
+        where += f", step {snap.step}/{snap.total_steps}"
+    return f"{what} ({where})"
 
 
 # --- settings -------------------------------------------------------------------------------
@@ -199,23 +215,69 @@ else:
     except ValueError as error:
         problem = str(error)
 
+# --- what it needs ---------------------------------------------------------------------------
+
+estimate = None
+if config is not None:
+    try:
+        estimate = estimate_resources(config)
+    except Exception as error:  # noqa: BLE001 - an estimate must not break the page
+        st.caption(f"The memory these settings need could not be estimated: {error}")
+if estimate is not None:
+    if estimate.fits:
+        needs = f"These settings need {estimate.message}"
+        if estimate.seconds is not None and "roughly" not in estimate.message:
+            needs += f", and roughly {_format_seconds(estimate.seconds)} of training"
+        st.caption(needs + ".")
+    else:
+        st.error(f"These settings are too much for this machine: {estimate.message}")
+
 # --- start / stop ---------------------------------------------------------------------------
 
 st.subheader("2. Train")
+# One training per device across every tab: a job started elsewhere blocks Start here.
+elsewhere = [j for j in registry.active() if j is not job]
+blocking = registry.active(config.device) if config is not None else elsewhere
+blocking = [j for j in blocking if j is not job]
+blocked = None
+if blocking:
+    blocked = (
+        f"A training is already running: {_job_words(blocking[0])}. Wait for it to end or stop it."
+    )
+elif estimate is not None and not estimate.fits:
+    blocked = "Start is off: these settings need more memory than this machine has."
 start_col, stop_col, status_col = st.columns([1, 1, 4])
 if start_col.button(
-    "Start", type="primary", disabled=busy or config is None, width="stretch", key="start"
+    "Start",
+    type="primary",
+    disabled=busy or config is None or blocked is not None,
+    width="stretch",
+    key="start",
+    help=blocked,
 ):
     assert config is not None
-    job = registry.submit(config)
-    state.attach(job)
+    try:
+        job = registry.submit(config, exclusive=True)
+    except (DeviceBusyError, QueueFullError, ResourceError) as error:
+        st.session_state["start_error"] = f"Not started: {error}"
+    else:
+        state.attach(job)
     st.rerun()
-if stop_col.button("Stop", disabled=not busy, width="stretch", key="stop"):
-    assert job is not None
-    job.stop()
+#: The job this page follows: this tab's, else one running in the server (another tab's).
+shown = job if (job is not None and (not job.done or not elsewhere)) else None
+if shown is None and elsewhere:
+    shown = elsewhere[0]
+following_other = shown is not None and shown is not job
+if stop_col.button("Stop", disabled=shown is None or shown.done, width="stretch", key="stop"):
+    assert shown is not None
+    shown.stop()
     st.rerun()
-if problem:
+if start_error:
+    status_col.error(start_error)
+elif problem:
     status_col.warning(problem)
+elif blocked and not busy:
+    status_col.warning(blocked)
 elif not busy and config is not None and not registry.is_prepared(config):
     default = state.default_config()
     same_faces = PreparedImages.data_key(config) == PreparedImages.data_key(default)
@@ -301,27 +363,93 @@ def _show_result(snap: JobSnapshot) -> None:
         )
 
 
-def live() -> None:
-    current = state.current_job()
-    if current is None:
+def live(job_id: str, redraw_when_done: bool, started_elsewhere: bool) -> None:
+    try:
+        current = registry.get(job_id)
+    except KeyError:
         return
+    if started_elsewhere:
+        st.info(
+            "A training started elsewhere (another tab, or before a reload) is running in "
+            f"this server: {_job_words(current)}. Its progress is shown below."
+        )
     snap = current.snapshot()
     _show_progress(snap)
     _show_curves(snap)
     if snap.done:
         _show_result(snap)
-        if busy:  # it ended since the page was drawn: redraw the settings as enabled
-            st.rerun(scope="app")
+    if redraw_when_done and current.done:
+        # it ended since the page was drawn: redraw the settings and Start as enabled
+        st.rerun(scope="app")
 
 
-if job is None:
+def watch_for_other_jobs(seen: tuple[str, ...]) -> None:
+    """Redraw the page when a training starts or ends in another tab."""
+    if tuple(j.id for j in registry.active()) != seen:
+        st.rerun(scope="app")
+
+
+if following_other:
+    assert shown is not None
+    if st.button("Follow it in this tab", key="attach", help="Put its link in this tab's URL"):
+        state.attach(shown)
+        st.rerun()
+if shown is None:
     st.caption("Nothing is training yet from this page.")
 else:
-    st.fragment(run_every=1.0 if busy else None)(live)()
-
-others = [j for j in registry.jobs() if j is not job and not j.snapshot().done]
-if others:
+    running = not shown.done
+    st.fragment(run_every=1.0 if running else None)(live)(shown.id, running, following_other)
+if shown is None or shown.done:
+    seen = tuple(j.id for j in registry.active())
+    st.fragment(run_every=2.0)(watch_for_other_jobs)(seen)
+queued = [j for j in elsewhere if j is not shown]
+if queued:
     st.caption(
         "Also training or waiting in this server: "
-        + ", ".join(f"[{j.snapshot().run_name or j.id}](?job={j.id})" for j in others)
+        + ", ".join(f"[{j.snapshot().run_name or j.id}](?job={j.id})" for j in queued)
     )
+
+# --- interrupted runs -------------------------------------------------------------------------
+
+
+def _resume(name: str) -> None:
+    try:
+        resumed = registry.resume(name, exclusive=True)
+    except (
+        RunBusyError,
+        DeviceBusyError,
+        QueueFullError,
+        ResourceError,
+        ValueError,
+        OSError,
+    ) as e:
+        st.session_state["start_error"] = f"Not resumed: {e}"
+    else:
+        state.attach(resumed)
+
+
+interrupted = state.interrupted_runs()
+if interrupted:
+    st.subheader("Interrupted runs")
+    st.caption(
+        "The process that trained these runs died (the server was stopped or killed) before "
+        "they ended. A run with a checkpoint continues from it with **Resume**."
+    )
+    for info in interrupted[:10]:
+        name_col, button_col = st.columns([5, 1])
+        try:
+            resumable = state.store().open(info.name).has_checkpoint()
+        except Exception:  # noqa: BLE001 - a broken run: nothing to resume from
+            resumable = False
+        name_col.markdown(
+            state.run_label(info)
+            + ("" if resumable else " · no checkpoint was saved: it cannot be resumed")
+        )
+        button_col.button(  # a callback: it resumes the run clicked, whatever this run lists
+            "Resume",
+            key=f"resume_{info.name}",
+            disabled=not resumable or bool(elsewhere) or busy,
+            width="stretch",
+            on_click=_resume,
+            args=(info.name,),
+        )

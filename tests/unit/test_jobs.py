@@ -168,3 +168,239 @@ def test_concurrent_prepares_of_the_same_data_do_the_work_once(registry, monkeyp
     for thread in threads:
         thread.join()
     assert len(calls) == 1
+
+
+# --- hardening (issue 13): states that never lie, bounded work, one writer per run ---------
+
+
+def _mist_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("mist-job-")]
+
+
+@pytest.fixture()
+def blocking_train(monkeypatch):
+    """Jobs whose training is a wait (for ``release`` or a stop): the queue's rules without
+    the cost of a training. Yields the ``release`` event; ``release.started`` lists the ids
+    of the jobs in the order they started."""
+    from mist_core.jobs import Job
+
+    release = threading.Event()
+    release.started = []
+
+    def train(self):
+        release.started.append(self.id)
+        self._set(JobState.RUNNING, "training")
+        while not release.is_set() and not self._stop.is_set():
+            time.sleep(0.005)
+        self._set(JobState.STOPPED if self._stop.is_set() else JobState.FINISHED, "done")
+
+    monkeypatch.setattr(Job, "_train", train)
+    yield release
+    release.set()
+
+
+def test_a_failure_inside_the_failure_path_still_ends_the_job_failed(registry, monkeypatch):
+    """Writing metrics fails during training, and again while the job records its failure:
+    the job still ends FAILED (in memory and in status.json), its waiters wake, the message
+    says what else went wrong, and the run's writer lock is let go."""
+    from mist_core.runs import Run
+
+    calls = []
+
+    def disk_full(self, rows):
+        calls.append(len(list(rows)))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Run, "append_metrics", disk_full)
+    job = registry.submit(preset("demo-cpu", **TINY, epochs=1))
+    assert job.wait(120), "the job never ended: its state would say running for ever"
+    snap = job.snapshot()
+    assert snap.state is JobState.FAILED and snap.done
+    assert "No space left on device" in snap.error
+    assert "its last metrics could not be written" in snap.message
+    assert len(calls) >= 2, "the failure path tried to write the rows again"
+    run = registry.store.open(snap.run_name)
+    assert run.status() is JobState.FAILED
+    run.acquire_writer().release()  # the lock was released
+    assert registry.active() == [] and job.done
+    # Stop on an ended job is a no-op, never "stopping" for ever.
+    job.stop()
+    assert job.snapshot().state is JobState.FAILED
+
+
+def test_a_status_write_failing_in_the_failure_path_still_ends_failed(registry, monkeypatch):
+    from mist_core.runs import Run
+
+    original = Run.set_status
+
+    def status(self, state, message=None, traceback=None):
+        if JobState(state) is JobState.FAILED:
+            raise OSError(5, "Input/output error")
+        return original(self, state, message=message, traceback=traceback)
+
+    def broken(self, rows):
+        raise RuntimeError("metrics broke")
+
+    monkeypatch.setattr(Run, "set_status", status)
+    monkeypatch.setattr(Run, "append_metrics", broken)
+    job = registry.submit(preset("demo-cpu", **TINY, epochs=1))
+    assert job.wait(120)
+    snap = job.snapshot()
+    assert snap.state is JobState.FAILED
+    assert "metrics broke" in snap.error and "status could not be written" in snap.message
+    run = registry.store.open(snap.run_name)
+    assert run.status() is JobState.RUNNING  # what the disk says: the write failed...
+    run.acquire_writer().release()  # ...but nobody owns it, so it shows as interrupted
+    assert run.effective_status() is JobState.INTERRUPTED
+
+
+def test_the_queue_is_bounded_and_queued_jobs_have_no_thread(tmp_path, blocking_train):
+    from mist_core.jobs import QueueFullError
+
+    registry = JobRegistry(tmp_path / "runs", max_queued=3)
+    try:
+        config = preset("demo-cpu", **TINY)
+        before = len(threading.enumerate())
+        jobs = [registry.submit(config) for _ in range(4)]  # one runs, three wait
+        with pytest.raises(QueueFullError, match="max_queued=3"):
+            registry.submit(config)
+        assert len(registry.jobs()) == 4
+        assert len(_mist_threads()) == 1, "waiting jobs must not have a thread"
+        assert len(threading.enumerate()) <= before + 1 + 2  # + heartbeat, checkpoint writer
+        assert [j.id for j in registry.active()] == [j.id for j in jobs]
+        assert [j.snapshot().state for j in jobs[1:]] == [JobState.QUEUED] * 3
+        jobs[2].stop()  # withdrawn from the queue at once
+        assert jobs[2].wait(1) and jobs[2].snapshot().message == "cancelled while queued"
+        registry.submit(config)  # its place is free again
+        blocking_train.set()
+        for job in registry.jobs():
+            assert job.wait(30)
+        # first in, first out: each started after the one before had ended
+        assert blocking_train.started == [j.id for j in registry.jobs() if j is not jobs[2]]
+        assert registry.active() == [] and _mist_threads() == []
+    finally:
+        registry.shutdown(wait=True, timeout=30)
+
+
+def test_ended_jobs_are_forgotten_beyond_keep_finished(tmp_path, blocking_train):
+    registry = JobRegistry(tmp_path / "runs", keep_finished=3)
+    blocking_train.set()
+    config = preset("demo-cpu", **TINY)
+    ids = []
+    for _ in range(6):
+        job = registry.submit(config)
+        assert job.wait(30)
+        ids.append(job.id)
+    assert [j.id for j in registry.jobs()] == ids[-3:]
+    with pytest.raises(KeyError, match="forgotten"):
+        registry.get(ids[0])
+    assert registry.get(ids[-1]).snapshot().state is JobState.FINISHED
+
+
+def test_exclusive_submits_from_two_threads_at_once_make_one_job(tmp_path, blocking_train):
+    from mist_core.jobs import DeviceBusyError
+
+    registry = JobRegistry(tmp_path / "runs")
+    config = preset("demo-cpu", **TINY)
+    try:
+        for attempt in range(20):
+            barrier = threading.Barrier(2)
+            made, refused = [], []
+
+            def press_start(barrier=barrier, made=made, refused=refused):
+                barrier.wait()
+                try:
+                    made.append(registry.submit(config, exclusive=True))
+                except DeviceBusyError as error:
+                    refused.append(str(error))
+
+            threads = [threading.Thread(target=press_start) for _ in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert len(made) == 1 and len(refused) == 1, (attempt, made, refused)
+            assert "already running on cpu" in refused[0] and made[0].id in refused[0]
+            assert registry.active("cpu") == made and registry.active("auto") == made
+            made[0].stop()
+            assert made[0].wait(10)
+            assert registry.active() == []
+    finally:
+        registry.shutdown(wait=True, timeout=30)
+
+
+def test_resume_of_a_run_locked_by_another_process_is_refused(registry, tmp_path):
+    import subprocess
+    import sys
+
+    from mist_core.runs import RunBusyError
+
+    job = registry.submit(preset("demo-cpu", **TINY, epochs=1))
+    assert job.wait(120) and job.snapshot().state is JobState.FINISHED
+    name = job.snapshot().run_name
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from mist_core.runs import RunStore; "
+            f"w = RunStore({str(registry.store.root)!r}).open({name!r}).acquire_writer(); "
+            "print('locked', flush=True); sys.stdin.read(); w.release()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = len(registry.jobs())
+        with pytest.raises(RunBusyError, match=f"pid|PID|{holder.pid}"):
+            registry.resume(name)
+        assert len(registry.jobs()) == before, "no job was made"
+    finally:
+        holder.communicate("", timeout=30)
+    # once the other process let go, resume works (and holds the lock itself)
+    resumed = registry.resume(name)
+    with pytest.raises(RunBusyError):
+        registry.resume(name)  # the same process cannot resume it twice either
+    assert resumed.wait(120)
+    assert resumed.snapshot().state is JobState.FINISHED, resumed.snapshot().error
+
+
+def test_a_config_too_big_for_the_machine_is_refused_before_any_thread(registry):
+    from mist_core.resources import ResourceError
+
+    before = threading.active_count()
+    big = preset("demo-cpu", train_size=1_000_000, image_size=(218, 178))
+    with pytest.raises(ResourceError):
+        registry.submit(big)
+    assert threading.active_count() == before and registry.jobs() == []
+
+
+def test_stop_while_drawing_the_images_ends_stopped_within_2_s(registry):
+    job = registry.submit(preset("demo-cpu", **(TINY | {"train_size": 2000}), epochs=1))
+    _wait_for(lambda: job.snapshot().message.startswith("preparing"), timeout=30)
+    time.sleep(0.5)  # well inside the drawing (~15 ms a face: 30 s for 2,000)
+    asked = time.monotonic()
+    job.stop()
+    assert job.wait(2.0), f"still {job.snapshot().state} {time.monotonic() - asked:.1f} s later"
+    snap = job.snapshot()
+    assert snap.state is JobState.STOPPED and snap.message == "stopped while preparing the images"
+    assert registry.store.open(snap.run_name).status() is JobState.STOPPED
+
+
+def test_stop_while_another_thread_prepares_the_same_images_is_honoured(registry):
+    """The warm-up draws the images; a job for the same images waits for it, and a stop
+    must not wait for the warm-up to finish."""
+    config = preset("demo-cpu", **(TINY | {"train_size": 600}), epochs=1)
+    warm_up = threading.Thread(target=registry.prepare, args=(config,))
+    warm_up.start()
+    _wait_for(lambda: registry.prepared._data_locks, timeout=10)
+    job = registry.submit(config)
+    _wait_for(lambda: job.snapshot().message.startswith("preparing"), timeout=30)
+    time.sleep(0.3)
+    asked = time.monotonic()
+    job.stop()
+    assert job.wait(2.0), f"still {job.snapshot().state} {time.monotonic() - asked:.1f} s later"
+    assert job.snapshot().state is JobState.STOPPED
+    assert warm_up.is_alive(), "the test did not stop the job while the warm-up was drawing"
+    warm_up.join(120)
