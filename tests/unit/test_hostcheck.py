@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -206,7 +207,21 @@ def _call(middleware, scope, incoming=()):
     async def send(message):
         sent.append(message)
 
-    asyncio.run(middleware(scope, receive, send))
+    # a thread of its own: Playwright's sync API (the e2e tests, earlier in the same session)
+    # leaves an event loop running in the main thread, where asyncio.run refuses to start
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            asyncio.run(middleware(scope, receive, send))
+        except BaseException as error:  # noqa: BLE001 - re-raised in the test's thread
+            errors.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=30)
+    if errors:
+        raise errors[0]
     return sent
 
 
