@@ -37,6 +37,7 @@ from mist_core.cli import main
 from mist_core.experiment import preset
 from mist_core.jobs import JobRegistry
 from mist_core.runs import RunBusyError, RunStatus, RunStore
+from mist_core.runs._files import _json_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(
@@ -132,7 +133,7 @@ def _copy(source: Path, root: Path, name: str) -> Path:
 
 def _owner_bytes() -> bytes:
     now = time.time()
-    return runs._json_bytes({"pid": 1, "host": "gone.example", "started": now, "heartbeat": now})
+    return _json_bytes({"pid": 1, "host": "gone.example", "started": now, "heartbeat": now})
 
 
 WRONG_TYPES: dict[str, bytes] = {

@@ -639,16 +639,16 @@ def _holder(store: RunStore, name: str, *extra: str) -> subprocess.Popen:
 
 
 def test_writer_lock_owner_and_heartbeat(store, monkeypatch):
-    import mist_core.runs as runs
+    from mist_core.runs import lock
 
     run = store.create(CONFIG, name="owned")
     assert run.owner() is None and run.writer is None
     assert run.effective_status() is RunStatus.INTERRUPTED, "queued with no owner"
-    monkeypatch.setattr(runs, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(lock, "HEARTBEAT_S", 0.05)
     with run.acquire_writer() as writer:
         assert run.writer is writer and writer.held
         owner = run.owner()
-        assert owner["pid"] == os.getpid() and owner["host"] == runs._HOST
+        assert owner["pid"] == os.getpid() and owner["host"] == lock._HOST
         assert owner["started"] <= owner["heartbeat"] <= time.time()
         assert json.loads(run.owner_path.read_text())["pid"] == os.getpid()
         assert run.effective_status() is RunStatus.QUEUED
@@ -875,6 +875,7 @@ def test_malformed_status_is_a_problem_not_an_exception(store, content):
 
 def test_size_caps_and_odd_file_kinds(store, monkeypatch):
     import mist_core.runs as runs
+    from mist_core.runs import run as run_module
 
     run = store.create(CONFIG, name="odd")
     run.append_metrics([(1, 0, "train", "loss", 1.0)])
@@ -895,7 +896,7 @@ def test_size_caps_and_odd_file_kinds(store, monkeypatch):
         run.summary()
     run.summary_path.unlink()
 
-    monkeypatch.setattr(runs, "MAX_METRICS_BYTES", 1000)
+    monkeypatch.setattr(run_module, "MAX_METRICS_BYTES", 1000)
     with open(run.metrics_path, "ab") as f:
         f.write(b"2,0,train,loss,0.5\n" * 100)
     with pytest.raises(
@@ -1006,7 +1007,7 @@ def test_open_by_name_or_folder_path(store, tmp_path, monkeypatch):
 
 
 def test_half_created_and_leftover_folders(store):
-    import mist_core.runs as runs
+    from mist_core.runs import store as store_module
 
     store.create(CONFIG, name="a")
     staging = store.root / ".creating-dead"
@@ -1015,7 +1016,7 @@ def test_half_created_and_leftover_folders(store):
     trash = store.root / ".deleting-x-1234"
     trash.mkdir()
     assert [i.name for i in store.list()] == ["a"], "hidden folders are never runs"
-    old = time.time() - runs._STALE_LEFTOVER_S - 10
+    old = time.time() - store_module._STALE_LEFTOVER_S - 10
     os.utime(staging, (old, old))
     store.create(CONFIG, name="b")
     assert not staging.exists() and trash.exists(), "only stale leftovers are removed"
