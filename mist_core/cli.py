@@ -38,9 +38,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mist_core import distributed, jobs
+from mist_core import distributed
 from mist_core.experiment import PRESETS, ExperimentConfig, LandmarkExperiment, preset
-from mist_core.jobs import Job, JobRegistry, JobState
+from mist_core.jobs import DeviceBusyError, Job, JobRegistry, JobState, QueueFullError
 from mist_core.runs import CorruptCheckpointError, Run, RunBusyError, RunInfo, RunStore
 
 __all__ = ["main", "stop_on_sigterm"]
@@ -267,14 +267,8 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     RunBusyError,
     CorruptCheckpointError,
-    *(
-        error
-        for error in (
-            getattr(jobs, "QueueFullError", None),
-            getattr(jobs, "DeviceBusyError", None),
-        )
-        if isinstance(error, type)
-    ),
+    QueueFullError,
+    DeviceBusyError,
 )
 
 

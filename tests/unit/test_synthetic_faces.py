@@ -401,8 +401,24 @@ def test_dataloader_workers_give_the_same_batches():
 # --------------------------------------------------------------------------------------------
 
 
+#: Children this process already had when the test began (e.g. the e2e tests' session-wide
+#: Streamlit server and browser, which live until pytest ends): not the drawing's workers.
+_EARLIER_CHILDREN: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _note_earlier_children():
+    _EARLIER_CHILDREN.clear()
+    _EARLIER_CHILDREN.update(_all_children())
+    yield
+
+
 def _children() -> list[int]:
-    """Processes whose parent is this one (from /proc; Linux)."""
+    """Processes whose parent is this one and that the test made (from /proc; Linux)."""
+    return [pid for pid in _all_children() if pid not in _EARLIER_CHILDREN]
+
+
+def _all_children() -> list[int]:
     me, found = os.getpid(), []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
