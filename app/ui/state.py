@@ -152,9 +152,7 @@ def runs_with_results(infos: list[RunInfo] | None = None) -> list[RunInfo]:
     newest first."""
     infos = list_runs() if infos is None else infos
     return [
-        info
-        for info in infos
-        if info.problem is None and isinstance(info.summary, dict) and info.summary.get("mi")
+        info for info in infos if info.problem is None and info.summary and info.summary.get("mi")
     ]
 
 

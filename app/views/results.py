@@ -47,10 +47,9 @@ if not runs:
 
 
 def _table(info: RunInfo) -> pd.DataFrame:
-    """The run's MI rows (``ValueError``/``KeyError``/``TypeError`` when malformed)."""
+    """The run's MI rows (their shape was checked when the store read summary.json)."""
     assert info.summary is not None
-    table = pd.DataFrame(info.summary["mi"])[["encoder", "landmark", "mi", "std_error"]]
-    return table.astype({"encoder": str, "landmark": str, "mi": float, "std_error": float})
+    return pd.DataFrame(info.summary["mi"])[["encoder", "landmark", "mi", "std_error"]]
 
 
 def _readable(table: pd.DataFrame) -> pd.DataFrame:
@@ -65,11 +64,7 @@ def _readable(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def show_run(info: RunInfo, slot: str) -> None:
-    try:
-        table = _table(info)
-    except Exception as error:  # noqa: BLE001 - a malformed summary must not break the page
-        st.error(f"The results of run `{info.name}` could not be read: {error}")
-        return
+    table = _table(info)
     st.plotly_chart(
         charts.mi_bars(table, title=f"{info.name}: what each network knows (nats)"),
         key=f"bars_{slot}",
@@ -114,13 +109,9 @@ if compare and len(runs) >= 2:
         show_run(first, "a")
     with right:
         show_run(second, "b")
-    try:
-        merged = _table(first).merge(
-            _table(second), on=["encoder", "landmark"], suffixes=(" A", " B"), how="outer"
-        )
-    except Exception as error:  # noqa: BLE001 - shown above by show_run
-        st.error(f"These two runs cannot be compared: {error}")
-        st.stop()
+    merged = _table(first).merge(
+        _table(second), on=["encoder", "landmark"], suffixes=(" A", " B"), how="outer"
+    )
     merged["difference (B - A)"] = merged["mi B"] - merged["mi A"]
     st.subheader("Side by side")
     st.dataframe(

@@ -10,10 +10,8 @@ from __future__ import annotations
 import threading
 import time
 
-import pytest
-
 from mist_core.experiment import preset
-from mist_core.jobs import DeviceBusyError, Job, JobRegistry, JobState, QueueFullError
+from mist_core.jobs import DeviceBusyError, JobRegistry, JobState, QueueFullError
 from mist_core.runs import Run
 
 #: A few seconds of training: 6 steps; one frozen encoder, so checkpoints are small.
@@ -138,23 +136,7 @@ def test_a_failure_inside_the_failure_path_always_ends_the_job(tmp_path, monkeyp
     assert not [t for t in threading.enumerate() if t.name.startswith("mist-job-")]
 
 
-@pytest.fixture()
-def waiting_train(monkeypatch):
-    """Jobs whose training waits for ``release`` (or a stop): queue rules, no training."""
-    release = threading.Event()
-
-    def train(self):
-        self._set(JobState.RUNNING, "training")
-        while not release.is_set() and not self._stop.is_set():
-            time.sleep(0.005)
-        self._set(JobState.STOPPED if self._stop.is_set() else JobState.FINISHED, "done")
-
-    monkeypatch.setattr(Job, "_train", train)
-    yield release
-    release.set()
-
-
-def test_300_submits_make_bounded_threads_and_registry(tmp_path, waiting_train):
+def test_300_submits_make_bounded_threads_and_registry(tmp_path, blocking_train):
     registry = JobRegistry(tmp_path / "runs")  # the defaults: max_queued 8, keep_finished 20
     config = preset("demo-cpu", **TINY)
     threads_before = threading.active_count()
@@ -173,7 +155,7 @@ def test_300_submits_make_bounded_threads_and_registry(tmp_path, waiting_train):
     held.append(refused + busy == 300 - len(accepted) and busy == 150)
     held.append(peak_threads <= 3)  # the running job, its run's heartbeat, a writer
     held.append(len(registry.jobs()) == len(accepted))
-    waiting_train.set()
+    blocking_train.set()
     for job in accepted:
         held.append(job.wait(30))
     # 300 more, one after the other: the registry forgets all but the last 20 ended

@@ -177,28 +177,6 @@ def _mist_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("mist-job-")]
 
 
-@pytest.fixture()
-def blocking_train(monkeypatch):
-    """Jobs whose training is a wait (for ``release`` or a stop): the queue's rules without
-    the cost of a training. Yields the ``release`` event; ``release.started`` lists the ids
-    of the jobs in the order they started."""
-    from mist_core.jobs import Job
-
-    release = threading.Event()
-    release.started = []
-
-    def train(self):
-        release.started.append(self.id)
-        self._set(JobState.RUNNING, "training")
-        while not release.is_set() and not self._stop.is_set():
-            time.sleep(0.005)
-        self._set(JobState.STOPPED if self._stop.is_set() else JobState.FINISHED, "done")
-
-    monkeypatch.setattr(Job, "_train", train)
-    yield release
-    release.set()
-
-
 def test_a_failure_inside_the_failure_path_still_ends_the_job_failed(registry, monkeypatch):
     """Writing metrics fails during training, and again while the job records its failure:
     the job still ends FAILED (in memory and in status.json), its waiters wake, the message
