@@ -88,7 +88,7 @@ def mist_heads(stacked: bool = True) -> MultiMIEstimator:
             marginal_hidden_dims=MARGINAL_HIDDEN,
         )
     )
-    model.stacked = stacked and model.stacked
+    model.stack_heads = stacked and model.stack_heads
     return model.to(DEVICE)
 
 

@@ -8,12 +8,8 @@ from collections.abc import Mapping
 from torch import Tensor, nn
 
 from mist_core.estimators.base import BatchEstimator, BatchTerms, MIEstimator, mi_name
-from mist_core.estimators.stacked import (
-    StackedHeads,
-    StackedParameters,
-    stackable,
-    weight_owners,
-)
+from mist_core.estimators.stacked import StackedHeads
+from mist_core.estimators.stacked_layout import StackedParameters, stackable, weight_owners
 
 __all__ = ["MultiMIEstimator"]
 
@@ -35,7 +31,7 @@ class MultiMIEstimator(BatchEstimator):
 
     DoE heads of one architecture (the seed's) run together
     (:mod:`mist_core.estimators.stacked`): their weights become a few stacked parameters
-    (``stacked_weights``), which is what ``parameters()`` yields, while the heads keep
+    (``stacked_parameters``), which are what ``parameters()`` yields, while the heads keep
     views of them under their usual names (state dicts are unchanged). Train such heads
     through this module.
     """
@@ -70,38 +66,38 @@ class MultiMIEstimator(BatchEstimator):
         self.infomax_gradient = flags
         #: Evaluate DoE heads of one architecture together (same numbers, fewer and larger
         #: matrix products; see :mod:`mist_core.estimators.stacked`). False: one at a time.
-        self.stacked = stackable(self.pairs, list(self.estimators.values()))
+        self.stack_heads = stackable(self.pairs, list(self.estimators.values()))
         #: The stacked heads' weights (:class:`StackedParameters`; None when the heads do
         #: not stack). When set, the heads' tensors are views of its parameters, and those
         #: parameters are what optimisers see.
-        self.stacked_weights: StackedParameters | None = None
-        if self.stacked:
-            self.stacked_weights = StackedParameters(
+        self.stacked_parameters: StackedParameters | None = None
+        if self.stack_heads:
+            self.stacked_parameters = StackedParameters(
                 weight_owners(self.pairs, list(self.estimators.values()))
             )
-        self._stack: StackedHeads | None = None  # built on first use
+        self._stacked_heads: StackedHeads | None = None  # built on first use
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202
         # a move or cast converts the stacked parameters and the heads' views apart
         super()._apply(fn, recurse)
-        if self.stacked_weights is not None:
-            self.stacked_weights.relink()
+        if self.stacked_parameters is not None:
+            self.stacked_parameters.relink()
         return self
 
     def batch_terms(self, batch: Mapping[str, Tensor]) -> BatchTerms:
         missing = sorted({k for pair in self.pairs for k in pair} - set(batch))
         if missing:
             raise KeyError(f"the batch has no variable(s) {missing}; it has {sorted(batch)}")
-        weights = self.stacked_weights
+        weights = self.stacked_parameters
         if weights is not None:
             heads = list(self.estimators.values())
-            if self._stack is None or not self._stack.valid(heads):
+            if self._stacked_heads is None or not self._stacked_heads.valid(heads):
                 # a deep copy, unpickling or load_state_dict(assign=True) left the heads'
                 # tensors apart from the stacked parameters: link them again first
                 weights.relink()
-                self._stack = StackedHeads(self.pairs, heads, weights)
-            if self.stacked and self._stack.applies(batch):
-                return self._stack.batch_terms(batch)
+                self._stacked_heads = StackedHeads(self.pairs, heads, weights)
+            if self.stack_heads and self._stacked_heads.applies(batch):
+                return self._stacked_heads.batch_terms(batch)
         loss: Tensor | int = 0
         log_ratios: dict[str, Tensor] = {}
         owned = weights.differentiable() if weights is not None else contextlib.nullcontext()

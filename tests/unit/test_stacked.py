@@ -21,9 +21,9 @@ def _models(seed: int = 0, hidden=(16, 8)) -> tuple[MultiMIEstimator, MultiMIEst
         instantiate_estimators(REPRESENTATIONS, LANDMARKS, hidden_dims=hidden,
                                marginal_hidden_dims=(8,))
     )  # fmt: skip
-    assert fast.stacked
+    assert fast.stack_heads
     plain = copy.deepcopy(fast)
-    plain.stacked = False
+    plain.stack_heads = False
     return fast, plain
 
 
@@ -72,10 +72,10 @@ def test_ineligible_heads_use_the_plain_loop():
     two_layers = MultiMIEstimator(
         instantiate_estimators(REPRESENTATIONS, LANDMARKS[:2], n_transforms=2)
     )
-    assert not two_layers.stacked
+    assert not two_layers.stack_heads
     club = MultiMIEstimator(instantiate_estimators(REPRESENTATIONS, LANDMARKS[:2],
                                                    estimator="club"))  # fmt: skip
-    assert not club.stacked
+    assert not club.stack_heads
 
 
 def test_a_shared_density_observes_each_batch_once():
@@ -163,7 +163,7 @@ def test_targets_that_need_gradients_take_the_plain_loop():
         leaf = {k: v.clone().requires_grad_(k in LANDMARKS) for k, v in batch.items()}
         model.batch_terms(leaf).loss.backward()
         grads.append(torch.cat([leaf[k].grad.flatten() for k in LANDMARKS]))
-    assert not fast._stack.applies({k: v.requires_grad_(k in LANDMARKS)
+    assert not fast._stacked_heads.applies({k: v.requires_grad_(k in LANDMARKS)
                                     for k, v in batch.items()})  # fmt: skip
     torch.testing.assert_close(grads[0], grads[1])
 
@@ -171,14 +171,14 @@ def test_targets_that_need_gradients_take_the_plain_loop():
 def test_heads_share_the_stacked_storage_and_keep_their_state_dict():
     fast, plain = _trained_pair()
     assert fast.state_dict().keys() == plain.state_dict().keys()
-    stack = fast._stack
+    stack = fast._stacked_heads
     head = fast.estimators["finetuned;nose"]
     weight = head.q_Y_given_X.flow.transform.transforms[1].hyper[0].weight
     first_layers = stack.layers[0].param
     assert weight.data_ptr() in {first_layers[i].data_ptr() for i in range(len(first_layers))}
     # optimisers see one stacked parameter per kind of weight, not 8 a head and 4 a marginal
     names = [name for name, _ in fast.named_parameters()]
-    assert names and all(name.startswith("stacked_weights.") for name in names)
+    assert names and all(name.startswith("stacked_parameters.") for name in names)
     assert len(names) == len(stack.params) == 12  # 3 layers x 2 + context path 2 + marginal 4
     torch.manual_seed(0)
     unwrapped = instantiate_estimators(REPRESENTATIONS, LANDMARKS, hidden_dims=(16, 8),
@@ -193,7 +193,7 @@ def test_heads_share_the_stacked_storage_and_keep_their_state_dict():
         model.eval()
         terms = model.batch_terms({k: v.to(next(model.parameters()).dtype)
                                    for k, v in _batch(seed=8).items()})  # fmt: skip
-        assert model._stack is not stack and model._stack.valid(list(model.estimators.values()))
+        assert model._stacked_heads is not stack and model._stacked_heads.valid(list(model.estimators.values()))
         fast.eval()
         reference = fast.batch_terms(_batch(seed=8))
         torch.testing.assert_close(terms.loss.float(), reference.loss, rtol=1e-5, atol=1e-4)
@@ -216,9 +216,9 @@ def test_other_depths_match_the_plain_loop(hidden):
         instantiate_estimators(REPRESENTATIONS, LANDMARKS, hidden_dims=hidden,
                                marginal_hidden_dims=(8, 4))
     )  # fmt: skip
-    assert fast.stacked
+    assert fast.stack_heads
     plain = copy.deepcopy(fast)
-    plain.stacked = False
+    plain.stack_heads = False
     optimizers = [torch.optim.SGD(m.parameters(), lr=1e-2) for m in (fast, plain)]
     for step in range(3):
         batch = _batch(seed=step)
@@ -234,7 +234,7 @@ def test_other_depths_match_the_plain_loop(hidden):
 
 def _linked(model: MultiMIEstimator) -> bool:
     """Whether every head's tensor is the view of its row of the stacked parameters."""
-    weights = model.stacked_weights
+    weights = model.stacked_parameters
     rows = [row for param in weights.roles for row in param.data.unbind(0)]
     return all(
         module._buffers[name].data_ptr() == row.data_ptr()
@@ -262,6 +262,6 @@ def test_pickled_and_assign_loaded_models_use_their_own_values(tmp_path):
     moved = fast.batch_terms(_batch(seed=4))
     assert _linked(fast)
     plain = copy.deepcopy(fast)
-    plain.stacked = False
+    plain.stack_heads = False
     _assert_same(moved, plain.batch_terms(_batch(seed=4)))
     assert not torch.allclose(moved.loss, reference.loss)
