@@ -18,9 +18,10 @@ import pandas as pd
 import torch
 
 from bench.record import environment, write_readme_block
+from mist_core.devices import resolve_device
 from mist_core.experiment import PRESETS, LandmarkExperiment, preset
 from mist_core.precision import PRECISIONS, resolve_precision
-from mist_core.training import Progress, resolve_device
+from mist_core.training import Progress
 
 
 def _epoch_times(experiment: LandmarkExperiment, epochs: int) -> tuple[pd.DataFrame, list[float]]:

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))
 
 from ui import charts  # noqa: E402
 
+from mist_core.checkpoints import load_experiment, run_store  # noqa: E402
 from mist_core.experiment import LandmarkExperiment, preset  # noqa: E402
 from mist_core.posterior import posterior_maps  # noqa: E402
-from mist_core.runs import RunStore  # noqa: E402
 
 
 def _median_time(fn, repeats: int) -> tuple[float, object]:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.run:
-        experiment = LandmarkExperiment.from_run(RunStore(args.run_dir).open(args.run))
+        experiment = load_experiment(run_store(args.run_dir).open(args.run))
     else:
         experiment = LandmarkExperiment(preset("demo-cpu", train_size=16, test_size=16))
         experiment.model.eval()

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["GLOBAL_RNG_LOCK", "seeded"]
+__all__ = ["GLOBAL_RNG_LOCK", "seeded", "seeded_permutation"]
 
 GLOBAL_RNG_LOCK = threading.RLock()
 
@@ -25,3 +25,18 @@ def seeded(seed: int) -> Iterator[None]:
     with GLOBAL_RNG_LOCK:
         torch.manual_seed(seed)
         yield
+
+
+def seeded_permutation(
+    n: int, seed: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """A random order of ``range(n)`` (``[n]``, int64) fixed by ``seed`` alone.
+
+    Every seeded split draws its order here, from a generator of its own, so a split depends
+    on nothing but its seed: not on the global generator, nor on what other threads draw.
+    ``generator`` (a fresh one by default) is seeded with ``seed`` and drawn from; a caller
+    that goes on drawing from it (e.g. to shuffle the split's first part) continues one
+    random stream fixed by the same seed.
+    """
+    generator = torch.Generator() if generator is None else generator
+    return torch.randperm(n, generator=generator.manual_seed(seed))

@@ -39,9 +39,11 @@ import pandas as pd
 import torch
 
 from mist_core import distributed
+from mist_core.checkpoints import restore_checkpoint, run_store
 from mist_core.experiment import PRESETS, ExperimentConfig, LandmarkExperiment, preset
-from mist_core.jobs import DeviceBusyError, Job, JobRegistry, JobState, QueueFullError
-from mist_core.runs import CorruptCheckpointError, Run, RunBusyError, RunInfo, RunStore
+from mist_core.jobs import DeviceBusyError, Job, JobRegistry, QueueFullError
+from mist_core.results import PairEstimate, to_frame
+from mist_core.runs import CorruptCheckpointError, Run, RunBusyError, RunInfo, RunStatus
 
 __all__ = ["main", "stop_on_sigterm"]
 
@@ -80,7 +82,7 @@ def _open_run(args: argparse.Namespace) -> Run:
     """The run ``args.run`` names: a name in ``--run-dir``, or a run folder's path (whose
     own folder is then the store, when it is not ``--run-dir``)."""
     text = args.run
-    store = RunStore(args.run_dir)
+    store = run_store(args.run_dir)
     if any(sep in text for sep in ("/", "\\")) and Path(text).name not in ("", ".", ".."):
         folder = Path(text).expanduser().parent
         try:
@@ -88,14 +90,14 @@ def _open_run(args: argparse.Namespace) -> Run:
         except (OSError, ValueError):
             same = False
         if not same:
-            store = RunStore(folder)
+            store = run_store(folder)
         text = Path(text).name
     return store.open(text)
 
 
-def format_table(rows: Sequence[dict] | pd.DataFrame) -> str:
-    """The MI table as text: landmarks as rows, encoders as columns, 'mi ± se' nats."""
-    table = pd.DataFrame(list(rows) if not isinstance(rows, pd.DataFrame) else rows)
+def format_table(table: pd.DataFrame) -> str:
+    """The MI table (:func:`mist_core.results.to_frame`'s columns) as text: landmarks as rows,
+    encoders as columns, 'mi ± se' nats."""
     if table.empty:
         return "(no MI table)"
     cells = table.assign(
@@ -144,12 +146,12 @@ def _follow(job: Job) -> int:
         f"run {snap.run_name}: {snap.state.value} at step {snap.step}"
         + (f" - {snap.message}" if snap.message else "")
     )
-    if snap.state is JobState.FAILED:
+    if snap.state is RunStatus.FAILED:
         print(snap.traceback or snap.error, file=sys.stderr)
         return 1
     if snap.mi_table:
-        print(format_table([dict(r) for r in snap.mi_table]))
-    if snap.state is JobState.STOPPED:
+        print(format_table(to_frame(snap.mi_table)))
+    if snap.state is RunStatus.STOPPED:
         print(f"resume with: python -m mist_core resume {snap.run_name}")
     return 130 if interrupted else 0
 
@@ -159,7 +161,7 @@ def _helper_rank(config: ExperimentConfig, run_dir: str | Path, resume_run: str 
     experiment = LandmarkExperiment(config)
     resume = None
     if resume_run is not None:
-        resume = experiment.restore(RunStore(run_dir).open(resume_run))
+        resume = restore_checkpoint(experiment, run_store(run_dir).open(resume_run))
     try:
         experiment.train(resume=resume)
     except KeyboardInterrupt:  # torchrun forwards Ctrl-C to every process; rank 0 decides
@@ -180,7 +182,7 @@ def _start(
             config = config.replace(device=str(device))
             if not distributed.is_main_process():
                 return _helper_rank(config, run_dir, resume_run)
-        registry = JobRegistry(run_dir)
+        registry = JobRegistry(run_store(run_dir))
         if resume_run is not None:
             return _follow(registry.resume(resume_run, config=config))
         return _follow(registry.submit(config, run_name=args.name))
@@ -206,12 +208,12 @@ def _resume(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     run = _open_run(args)
-    info = RunStore(run.path.parent).info(run.name)
+    info = run_store(run.path.parent).info(run.name)
     if info.problem:
         print(f"warning: run {run.name}: {info.problem}", file=sys.stderr)
     try:
         experiment = LandmarkExperiment(run.config())
-        restored = experiment.restore(run)
+        restored = restore_checkpoint(experiment, run)
     except (ValueError, OSError, CorruptCheckpointError) as error:
         raise ValueError(f"cannot evaluate run {run.name!r}: {error}") from error
     experiment.model.eval()
@@ -236,10 +238,10 @@ def _row(info: RunInfo) -> str:
     what = f"{config.dataset}, {'+'.join(config.encoders)}" if config else ""
     best = ""
     rows = (info.summary or {}).get("mi") or []
-    finite = [r for r in rows if not math.isnan(r["mi"])]
+    finite = [e for e in map(PairEstimate.from_dict, rows) if not math.isnan(e.mi)]
     if finite:
-        top = max(finite, key=lambda r: r["mi"])
-        best = f"  best I({top['encoder']};{top['landmark']}) = {top['mi']:.2f} nats"
+        top = max(finite, key=lambda e: e.mi)
+        best = f"  best {top.name} = {top.mi:.2f} nats"
     step = f"step {info.last_step}" if info.last_step is not None else ""
     owner = ""
     if info.owner:
@@ -250,7 +252,7 @@ def _row(info: RunInfo) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    runs = RunStore(args.run_dir).list()
+    runs = run_store(args.run_dir).list()
     if not runs:
         print(f"no runs in {args.run_dir}")
         return 0

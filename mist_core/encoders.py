@@ -24,10 +24,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import ResNet18_Weights, resnet18
 
+from mist_core.data.images import resize_images
 from mist_core.freeze import freeze
 from mist_core.precision import PRECISIONS
 
@@ -365,10 +365,8 @@ class ResNet18Encoder(nn.Module):
             raise ValueError(f"expected images of shape [B, 3, H, W], got {tuple(images.shape)}")
         if not images.is_floating_point():
             raise TypeError(f"expected float images in [0, 1], got dtype {images.dtype}")
-        if self.image_size is not None and tuple(images.shape[-2:]) != self.image_size:
-            images = F.interpolate(
-                images, size=self.image_size, mode="bilinear", antialias=True, align_corners=False
-            )
+        if self.image_size is not None:
+            images = resize_images(images, self.image_size)
         if self.normalize:
             images = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
         return images

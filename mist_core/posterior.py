@@ -88,11 +88,29 @@ def posterior_maps(
     """The marginal and each encoder's posterior for ``landmark`` over ``image``.
 
     Args:
-        experiment: a trained experiment (e.g. :meth:`LandmarkExperiment.from_run`).
+        experiment: a trained experiment (e.g. :func:`mist_core.checkpoints.load_experiment`)
+            whose estimator is DoE (it holds the marginal q(landmark)).
         image: ``[3, H, W]`` in [0, 1]; the grid covers ``H x W`` pixels.
         landmark: one of the experiment's landmarks.
         truth: the true ``(x, y)`` when known, for the marker and the pointwise MI.
         encoders: a subset of the experiment's encoders (default: all).
+
+    Returns:
+        The marginal's map (``encoder=None``) first, then one per encoder, each
+        ``log_prob [H, W]``.
+
+    Example (an untrained experiment: the maps are what its initial densities give):
+
+    >>> import torch
+    >>> from mist_core.experiment import LandmarkExperiment, preset
+    >>> experiment = LandmarkExperiment(preset("demo-cpu", image_size=(32, 32),
+    ...     encoders=("random_init",), landmarks=("nose",)))
+    >>> maps = posterior_maps(experiment, torch.rand(3, 40, 32), "nose", truth=(16.0, 20.0))
+    >>> [(m.encoder, m.log_prob.shape) for m in maps]
+    [(None, (40, 32)), ('random_init', (40, 32))]
+    >>> mi = maps[1].log_prob_at_truth - maps[0].log_prob_at_truth
+    >>> abs(maps[1].pointwise_mi - mi) < 1e-9
+    True
     """
     if landmark not in experiment.config.landmarks:
         raise ValueError(
@@ -119,12 +137,12 @@ def posterior_maps(
         # only the encoders asked for (model.transform would run every one of them)
         batch = image.unsqueeze(0).to(device)
         features = {name: model.transforms[name](batch) for name in names}
-        estimators = experiment.estimator.estimators
+        estimators = experiment.pair_estimators.estimators
         # q(landmark) is shared by the encoders' estimators: any pair of the landmark has it
-        q_y = estimators[f"{experiment.config.encoders[0]};{landmark}"]
-        marginal_at_truth = None if point is None else float(q_y.q_Y.log_prob(point))
+        q_landmark = estimators[f"{experiment.config.encoders[0]};{landmark}"].q_Y
+        marginal_at_truth = None if point is None else float(q_landmark.log_prob(point))
         maps = [
-            _map(landmark, None, q_y.q_Y.log_prob(grid), None, point, marginal_at_truth, masses)
+            _map(landmark, None, q_landmark.log_prob(grid), None, point, marginal_at_truth, masses)
         ]
         for name in names:
             conditional = estimators[f"{name};{landmark}"].q_Y_given_X.condition(features[name][0])

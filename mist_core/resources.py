@@ -35,12 +35,12 @@ core for the encoders (CPU), and are rough (+-2x).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from mist_core.data.landmarks import CELEBA_SIZE
 from mist_core.encoders import ENCODER_PRESETS
 from mist_core.experiment import ExperimentConfig
+from mist_core.machine import available_memory_bytes, cpu_cores
 
 __all__ = [
     "MEMORY_FRACTION",
@@ -55,7 +55,7 @@ __all__ = [
 MEMORY_FRACTION = 0.8
 #: CelebA's split sizes (``train_size``/``test_size`` of None take the whole split).
 CELEBA_SPLITS = {"train": 162_770, "test": 19_962}
-SOURCE_SIZE = (218, 178)  # both datasets' images, before the resize to image_size
+SOURCE_SIZE = CELEBA_SIZE  # both datasets' images, before the resize to image_size
 ENCODER_PARAMETERS = 11_176_512  # a ResNet18 without its classifier
 FEATURES = 512
 #: Activations kept for the backward pass of a ResNet18 training step, bytes per input
@@ -111,73 +111,7 @@ class ResourceEstimate:
     parts: dict[str, int] = field(default_factory=dict, compare=False, hash=False)
 
 
-# --- what the machine has ------------------------------------------------------------------
-
-
-def _read_int(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None  # "max" (no limit) -> None
-
-
-def _cgroup_room() -> int | None:
-    """Memory left under this process's cgroup limits (v2 and v1), the tightest one."""
-    rooms: list[int] = []
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, path = parts
-        if controllers == "":  # cgroup v2: check this group and every parent
-            folder = Path("/sys/fs/cgroup") / path.lstrip("/")
-            root = Path("/sys/fs/cgroup")
-            while True:
-                limit = _read_int(folder / "memory.max")
-                used = _read_int(folder / "memory.current")
-                if limit is not None and used is not None:
-                    rooms.append(max(0, limit - used))
-                if folder == root or root not in folder.parents:
-                    break
-                folder = folder.parent
-        elif "memory" in controllers.split(","):  # cgroup v1
-            for folder in (Path("/sys/fs/cgroup/memory") / path.lstrip("/"),
-                           Path("/sys/fs/cgroup/memory")):  # fmt: skip
-                limit = _read_int(folder / "memory.limit_in_bytes")
-                used = _read_int(folder / "memory.usage_in_bytes")
-                if limit is not None and used is not None and limit < 2**60:
-                    rooms.append(max(0, limit - used))
-                    break
-    return min(rooms) if rooms else None
-
-
-def available_memory_bytes() -> int | None:
-    """Memory this process could still use: Linux's MemAvailable, or the room left under
-    the cgroup's limit where that is less. ``None`` where neither can be read."""
-    found: list[int] = []
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                found.append(int(line.split()[1]) * 1024)
-                break
-    except (OSError, ValueError, IndexError):
-        pass
-    room = _cgroup_room()
-    if room is not None:
-        found.append(room)
-    return min(found) if found else None
-
-
-def _cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+# --- the GPU ---------------------------------------------------------------------------------
 
 
 def _gpu(device: str) -> tuple[bool, int | None]:
@@ -230,7 +164,7 @@ def _memory_parts(config: ExperimentConfig, n_train: int, on_gpu: bool) -> dict[
     batch = config.batch_size
     trained = [e for e in config.encoders if ENCODER_PRESETS[e].trainable]
     frozen = [e for e in config.encoders if not ENCODER_PRESETS[e].trainable]
-    cores = _cores()
+    cores = cpu_cores()
     parts: dict[str, int] = {}
     if config.preload:
         parts["images"] = n_all * 3 * pixels
@@ -281,7 +215,7 @@ def _host_bytes(config: ExperimentConfig, n_train: int, on_gpu: bool) -> int:
 
 def _seconds(config: ExperimentConfig, on_gpu: bool) -> float:
     n_train, n_test = _sizes(config)
-    cores = _cores()
+    cores = cpu_cores()
     pixels = config.image_size[0] * config.image_size[1]
     forward = RESNET18_MACS * pixels / (GPU_MACS if on_gpu else CPU_MACS_PER_CORE * cores)
     trained = sum(ENCODER_PRESETS[e].trainable for e in config.encoders)
@@ -352,7 +286,7 @@ def estimate_resources(config: ExperimentConfig) -> ResourceEstimate:
     seconds = _seconds(config, on_gpu)
     host_fits = available is None or memory <= MEMORY_FRACTION * available
     gpu_fits = gpu_memory is None or gpu_free is None or gpu_memory <= MEMORY_FRACTION * gpu_free
-    where = f"{_cores()} CPU cores" if not on_gpu else "the GPU"
+    where = f"{cpu_cores()} CPU cores" if not on_gpu else "the GPU"
     time_words = f"roughly {_duration(seconds)} on {where}"
     if host_fits and gpu_fits:
         have = f" (this machine has {_gb(available)} available)" if available is not None else ""

@@ -13,17 +13,18 @@ def blocking_train(monkeypatch):
     """Jobs whose training is a wait (for ``release`` or a stop): the queue's rules without
     the cost of a training. Yields the ``release`` event; ``release.started`` lists the ids
     of the jobs in the order they started."""
-    from mist_core.jobs import Job, JobState
+    from mist_core.jobs import Job
+    from mist_core.runs import RunStatus
 
     release = threading.Event()
     release.started = []
 
     def train(self):
         release.started.append(self.id)
-        self._set(JobState.RUNNING, "training")
+        self._set(RunStatus.RUNNING, "training")
         while not release.is_set() and not self._stop.is_set():
             time.sleep(0.005)
-        self._set(JobState.STOPPED if self._stop.is_set() else JobState.FINISHED, "done")
+        self._set(RunStatus.STOPPED if self._stop.is_set() else RunStatus.FINISHED, "done")
 
     monkeypatch.setattr(Job, "_train", train)
     yield release

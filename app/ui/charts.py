@@ -10,16 +10,33 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from PIL import Image
 
-from mist_core.estimators import parse_mi_name
 from mist_core.posterior import PosteriorMap
+from mist_core.results import PairEstimate, parse_pair_name
 
-from .state import encoder_label, landmark_label
+from . import labels
+
+__all__ = [
+    "ENCODER_COLOURS",
+    "LANDMARK_COLOURS",
+    "LANDMARK_DASH",
+    "MAX_SHOWN_SIDE",
+    "REGION_COLOURS",
+    "PairCurve",
+    "crop_outline",
+    "image_figure",
+    "landmarks_on_photo",
+    "mi_bars",
+    "mi_curves",
+    "pair_curves",
+    "posterior_figure",
+]
 
 #: One colour per encoder, the same on every page.
 ENCODER_COLOURS = {
@@ -38,8 +55,31 @@ LANDMARK_DASH = {
 REGION_COLOURS = {0.5: "#00e5ff", 0.9: "#ffea00"}
 
 
-def pair_label(encoder: str, landmark: str) -> str:
-    return f"{encoder_label(encoder).split(' (')[0]} · {landmark_label(landmark)}"
+@dataclass(frozen=True)
+class PairCurve:
+    """One (encoder, landmark) pair's training curve: ``points`` are ``(step, nats)``."""
+
+    encoder: str
+    landmark: str
+    points: Sequence[tuple[int, float]]
+
+    @property
+    def latest(self) -> float | None:
+        """The last value logged, ``None`` before the first step."""
+        return self.points[-1][1] if self.points else None
+
+
+def pair_curves(curves: Mapping[str, Sequence[tuple[int, float]]]) -> list[PairCurve]:
+    """The per-pair curves of a job's ``curves`` (keys ``"I(encoder;landmark)"``), in their
+    order; the other curves (``"loss"``) are left out."""
+    pairs = []
+    for name, points in curves.items():
+        try:
+            encoder, landmark = parse_pair_name(name)
+        except ValueError:
+            continue
+        pairs.append(PairCurve(encoder, landmark, tuple(points)))
+    return pairs
 
 
 def _layout(fig: go.Figure, **kwargs) -> go.Figure:
@@ -48,7 +88,7 @@ def _layout(fig: go.Figure, **kwargs) -> go.Figure:
 
 
 def mi_curves(
-    curves: Mapping[str, Sequence[tuple[int, float]]],
+    pairs: Sequence[PairCurve],
     *,
     encoders: Sequence[str] | None = None,
     landmarks: Sequence[str] | None = None,
@@ -58,25 +98,24 @@ def mi_curves(
     """One line per encoder x landmark: the running mean of the per-batch estimates over
     ``smooth`` steps (the raw estimates are noisy), coloured by encoder, dashed by landmark."""
     fig = go.Figure()
-    for name, points in curves.items():
-        if not name.startswith("I(") or not points:
+    for pair in pairs:
+        if not pair.points:
             continue
-        encoder, landmark = parse_mi_name(name)
-        if (encoders is not None and encoder not in encoders) or (
-            landmarks is not None and landmark not in landmarks
+        if (encoders is not None and pair.encoder not in encoders) or (
+            landmarks is not None and pair.landmark not in landmarks
         ):
             continue
-        steps = np.array([p[0] for p in points])
-        values = pd.Series([p[1] for p in points]).rolling(smooth, min_periods=1).mean()
+        steps = np.array([p[0] for p in pair.points])
+        values = pd.Series([p[1] for p in pair.points]).rolling(smooth, min_periods=1).mean()
         fig.add_trace(
             go.Scatter(
                 x=steps,
                 y=values,
                 mode="lines",
-                name=pair_label(encoder, landmark),
+                name=labels.pair(pair.encoder, pair.landmark),
                 line=dict(
-                    color=ENCODER_COLOURS.get(encoder),
-                    dash=LANDMARK_DASH.get(landmark, "solid"),
+                    color=ENCODER_COLOURS.get(pair.encoder),
+                    dash=LANDMARK_DASH.get(pair.landmark, "solid"),
                     width=2,
                 ),
             )
@@ -91,19 +130,28 @@ def mi_curves(
     )
 
 
-def mi_bars(table: pd.DataFrame, *, title: str = "What each network knows (nats)") -> go.Figure:
-    """The seed's bar chart: MI per landmark, one bar per encoder, error bars of one standard
-    error. ``table`` has columns encoder, landmark, mi, std_error."""
+def mi_bars(
+    estimates: Sequence[PairEstimate], *, title: str = "What each network knows (nats)"
+) -> go.Figure:
+    """The seed's bar chart: MI per landmark, one bar per encoder (both in the order they
+    first appear), error bars of one standard error; a pair without an estimate has no bar."""
     fig = go.Figure()
-    landmarks = list(dict.fromkeys(table["landmark"]))
-    for encoder, rows in table.groupby("encoder", sort=False):
-        rows = rows.set_index("landmark").reindex(landmarks)
+    landmarks = list(dict.fromkeys(e.target for e in estimates))
+    by_encoder: dict[str, dict[str, PairEstimate]] = {}
+    for estimate in estimates:
+        by_encoder.setdefault(estimate.representation, {})[estimate.target] = estimate
+    for encoder, found in by_encoder.items():
+        row = [found.get(lm) for lm in landmarks]
         fig.add_trace(
             go.Bar(
-                x=[landmark_label(lm) for lm in landmarks],
-                y=rows["mi"],
-                error_y=dict(type="data", array=rows["std_error"], visible=True),
-                name=encoder_label(encoder),
+                x=[labels.landmark(lm) for lm in landmarks],
+                y=[e.mi if e is not None else None for e in row],
+                error_y=dict(
+                    type="data",
+                    array=[e.std_error if e is not None else None for e in row],
+                    visible=True,
+                ),
+                name=labels.encoder(encoder),
                 marker_color=ENCODER_COLOURS.get(encoder),
                 hovertemplate="%{x}: %{y:.2f} ± %{error_y.array:.2f} nats<extra></extra>",
             )
@@ -273,8 +321,8 @@ def landmarks_on_photo(
                     color=LANDMARK_COLOURS.get(name, "#00e5ff"),
                     line=dict(color="black", width=1.5),
                 ),
-                name=landmark_label(name),
-                hovertemplate=f"{landmark_label(name)} (%{{x:.0f}}, %{{y:.0f}})<extra></extra>",
+                name=labels.landmark(name),
+                hovertemplate=f"{labels.landmark(name)} (%{{x:.0f}}, %{{y:.0f}})<extra></extra>",
             )
         )
     if view is not None:

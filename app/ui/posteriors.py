@@ -12,7 +12,9 @@ import torch
 
 from mist_core.posterior import PosteriorMap, posterior_maps
 
-from . import charts, state
+from . import charts, labels, state
+
+__all__ = ["image_key", "image_tensor", "maps_for", "show_maps", "view_controls"]
 
 _LOCK = threading.Lock()  # one evaluation at a time: tabs share the loaded models
 
@@ -70,7 +72,7 @@ def show_maps(
                 if pmap.encoder is None:
                     title = "Average face"
                 else:
-                    title = state.encoder_label(pmap.encoder).split(" (")[0]
+                    title = labels.encoder_short(pmap.encoder)
                 st.plotly_chart(
                     charts.posterior_figure(
                         image, pmap, style=style, title=title, height_px=440, window=window
@@ -97,12 +99,12 @@ def show_maps(
 def view_controls(landmarks, where_landmark, where_style, prefix: str) -> tuple[str, str, bool]:
     """The landmark picker, regions / heat map, and zoom: ``(landmark, style, zoom)``."""
     landmark = where_landmark.selectbox(
-        "Landmark", list(landmarks), format_func=state.landmark_label, key=f"{prefix}_landmark"
+        "Landmark", list(landmarks), format_func=labels.landmark, key=f"{prefix}_landmark"
     )
     style = where_style.radio(
         "Show",
-        ["regions", "heatmap"],
-        format_func={"regions": "50% / 90% regions", "heatmap": "Heat map"}.get,
+        list(labels.POSTERIOR_STYLES),
+        format_func=labels.POSTERIOR_STYLES.get,
         key=f"{prefix}_style",
         horizontal=True,
     )

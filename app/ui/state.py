@@ -15,9 +15,35 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from mist_core.experiment import ExperimentConfig, LandmarkExperiment, preset
-from mist_core.jobs import Job, JobRegistry, PreparedImages
+from mist_core import checkpoints
+from mist_core.experiment import ExperimentConfig, LandmarkExperiment, PreparedImages, preset
+from mist_core.jobs import Job, JobRegistry
 from mist_core.runs import Run, RunInfo, RunStatus, RunStore
+
+from . import labels
+
+__all__ = [
+    "DEFAULT_PRESET",
+    "PREPARED",
+    "RUNS_DIR",
+    "WARM_UP",
+    "attach",
+    "current_job",
+    "default_config",
+    "devices",
+    "interrupted_runs",
+    "latest_step",
+    "list_runs",
+    "load_experiment",
+    "metrics_csv",
+    "pick_trained_model",
+    "registry",
+    "run_label",
+    "runs_with_checkpoint",
+    "runs_with_results",
+    "store",
+    "warm_up",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -27,41 +53,6 @@ RUNS_DIR = Path(os.environ.get("MIST_RUNS_DIR", "runs"))
 DEFAULT_PRESET = os.environ.get("MIST_DEFAULT_PRESET", "demo-cpu")
 #: Draw the default demo's faces when the server starts (tests switch it off: MIST_WARM_UP=0).
 WARM_UP = os.environ.get("MIST_WARM_UP", "1") != "0"
-
-ENCODER_LABELS = {
-    "random_init": "Random init (frozen)",
-    "pretrained": "ImageNet-pretrained (frozen)",
-    "finetuned": "Fine-tuned from ImageNet",
-    "trained": "Trained from scratch",
-}
-ENCODER_HELP = {
-    "random_init": "A ResNet18 with random weights, never trained: the baseline.",
-    "pretrained": "A ResNet18 trained on ImageNet photos, kept as it is.",
-    "finetuned": "The ImageNet ResNet18, trained further here to find the landmarks.",
-    "trained": "A ResNet18 trained here from random weights to find the landmarks "
-    "(works offline; the stand-in for fine-tuning when ImageNet weights are missing).",
-}
-LANDMARK_LABELS = {
-    "left_eye": "Left eye",
-    "right_eye": "Right eye",
-    "nose": "Nose",
-    "left_mouth": "Left mouth corner",
-    "right_mouth": "Right mouth corner",
-}
-ESTIMATOR_LABELS = {
-    "doe": "DoE (difference of entropies, default)",
-    "club": "CLUB (an upper bound)",
-    "l1out": "L1Out (leave one out)",
-}
-
-
-def encoder_label(name: str) -> str:
-    return ENCODER_LABELS.get(name, name)
-
-
-def landmark_label(name: str) -> str:
-    return LANDMARK_LABELS.get(name, name)
-
 
 #: Images drawn ahead of time, shared by every registry of this process: the warm-up can
 #: start before Streamlit runs any page (``app/serve.py``, which ``make app`` uses).
@@ -97,7 +88,7 @@ def _prepare_default(config: ExperimentConfig) -> None:
 def registry() -> JobRegistry:
     """The job registry of this server process (every tab and page shares it)."""
     warm_up()
-    return JobRegistry(RunStore(RUNS_DIR), prepared=PREPARED)
+    return JobRegistry(checkpoints.run_store(RUNS_DIR), prepared=PREPARED)
 
 
 def store() -> RunStore:
@@ -179,7 +170,7 @@ def run_label(info: RunInfo) -> str:
     config = info.config
     what = ""
     if config is not None:
-        encoders = ", ".join(encoder_label(e).split(" (")[0] for e in config.encoders)
+        encoders = ", ".join(labels.encoder_short(e) for e in config.encoders)
         what = f" · {config.dataset} · {encoders}"
     status = info.status.value if info.status else "?"
     if info.status is RunStatus.INTERRUPTED:
@@ -210,7 +201,7 @@ def load_experiment(run_name: str, checkpoint_step: int | None) -> LandmarkExper
     """A run's trained model, loaded once per (run, checkpoint) and kept in memory."""
     run = store().open(run_name)
     which = "latest" if checkpoint_step is None else checkpoint_step
-    return LandmarkExperiment.from_run(run, which)
+    return checkpoints.load_experiment(run, which)
 
 
 def latest_step(run_name: str) -> int | None:

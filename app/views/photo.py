@@ -6,11 +6,10 @@ import hashlib
 
 import numpy as np
 import streamlit as st
-from ui import charts, posteriors, state
+from ui import charts, labels, posteriors, state
 
-from mist_core.faces import (
-    CELEBA_LANDMARKS,
-    CELEBA_SIZE,
+from mist_core.data.landmarks import CELEBA_LANDMARKS, CELEBA_SIZE
+from mist_core.photos import (
     Face,
     PhotoError,
     align_to_face,
@@ -126,7 +125,7 @@ best = c.selectbox(
     "Network for the positions on your photo",
     list(config.encoders),
     index=len(config.encoders) - 1,
-    format_func=state.encoder_label,
+    format_func=labels.encoder,
     key="photo_encoder",
 )
 
@@ -145,8 +144,7 @@ st.plotly_chart(
     charts.landmarks_on_photo(
         photo.image,
         on_photo,
-        title=f"Most likely positions on your photo, by "
-        f"{state.encoder_label(best).split(' (')[0]}",
+        title=f"Most likely positions on your photo, by {labels.encoder_short(best)}",
         view=_around(corners, photo.image.shape),
     ),
     key="photo_modes",

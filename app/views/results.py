@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import functools
 
-import pandas as pd
 import streamlit as st
-from ui import charts, state
+from ui import charts, state, tables
 
 from mist_core.runs import RunInfo
 
@@ -46,35 +45,18 @@ if not runs:
     st.stop()
 
 
-def _table(info: RunInfo) -> pd.DataFrame:
-    """The run's MI rows (their shape was checked when the store read summary.json)."""
-    assert info.summary is not None
-    return pd.DataFrame(info.summary["mi"])[["encoder", "landmark", "mi", "std_error"]]
-
-
-def _readable(table: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame(
-        {
-            "Network": table["encoder"].map(state.encoder_label),
-            "Landmark": table["landmark"].map(state.landmark_label),
-            "MI (nats)": table["mi"].round(3),
-            "± std. error": table["std_error"].round(3),
-        }
-    )
-
-
 def show_run(info: RunInfo, slot: str) -> None:
-    table = _table(info)
+    estimates = tables.run_estimates(info)
     st.plotly_chart(
-        charts.mi_bars(table, title=f"{info.name}: what each network knows (nats)"),
+        charts.mi_bars(estimates, title=f"{info.name}: what each network knows (nats)"),
         key=f"bars_{slot}",
         width="stretch",
     )
-    st.dataframe(_readable(table), hide_index=True, key=f"table_{slot}")
+    st.dataframe(tables.readable(estimates), hide_index=True, key=f"table_{slot}")
     a, b = st.columns(2)
     a.download_button(
         "Download the table (CSV)",
-        table.to_csv(index=False).encode(),
+        tables.csv_bytes(estimates),
         file_name=f"{info.name}-mi.csv",
         mime="text/csv",
         key=f"csv_{slot}",
@@ -109,20 +91,10 @@ if compare and len(runs) >= 2:
         show_run(first, "a")
     with right:
         show_run(second, "b")
-    merged = _table(first).merge(
-        _table(second), on=["encoder", "landmark"], suffixes=(" A", " B"), how="outer"
-    )
-    merged["difference (B - A)"] = merged["mi B"] - merged["mi A"]
     st.subheader("Side by side")
     st.dataframe(
-        pd.DataFrame(
-            {
-                "Network": merged["encoder"].map(state.encoder_label),
-                "Landmark": merged["landmark"].map(state.landmark_label),
-                f"A: {first.name}": merged["mi A"].round(3),
-                f"B: {second.name}": merged["mi B"].round(3),
-                "B - A (nats)": merged["difference (B - A)"].round(3),
-            }
+        tables.side_by_side(
+            tables.run_estimates(first), tables.run_estimates(second), first.name, second.name
         ),
         hide_index=True,
         key="table_compare",

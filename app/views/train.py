@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
-from ui import charts, state
+from ui import charts, labels, state
 
 from mist_core.data import LANDMARKS, expected_files
 from mist_core.encoders import list_encoders
-from mist_core.estimators import parse_mi_name
-from mist_core.experiment import PRESETS, preset
-from mist_core.jobs import DeviceBusyError, Job, JobSnapshot, PreparedImages, QueueFullError
+from mist_core.experiment import PRESETS, PreparedImages, preset
+from mist_core.jobs import DeviceBusyError, Job, JobSnapshot, QueueFullError
 from mist_core.resources import ResourceError, estimate_resources
-from mist_core.runs import RunBusyError
-
-#: Choices of ExperimentConfig.precision, as the page names them.
-ARITHMETIC = {
-    "auto": "Automatic (16-bit where fast)",
-    "float32": "32-bit (exact, reproducible)",
-    "bfloat16": "16-bit (bfloat16)",
-}
+from mist_core.runs import RunBusyError, RunStatus
 
 st.title("Train")
 st.markdown(
@@ -77,11 +68,8 @@ with st.container(border=True):
     with left:
         dataset = st.radio(
             "Faces",
-            ["synthetic", "celeba"],
-            format_func=lambda d: {
-                "synthetic": "Built-in drawn faces (no download)",
-                "celeba": "CelebA photos (a folder on this computer)",
-            }[d],
+            list(labels.FACES),
+            format_func=labels.FACES.get,
             disabled=busy,
             key="dataset",
         )
@@ -118,12 +106,12 @@ with st.container(border=True):
         chosen_encoders = []
         missing_how: dict[str, str] = {}
         for choice in list_encoders():
-            label = state.encoder_label(choice.name)
+            label = labels.encoder(choice.name)
             if choice.available:
                 on = st.checkbox(
                     label,
                     value=choice.name in base.encoders,
-                    help=state.ENCODER_HELP.get(choice.name),
+                    help=labels.encoder_help(choice.name),
                     disabled=busy,
                     key=f"encoder_{choice.name}",
                 )
@@ -144,8 +132,8 @@ with st.container(border=True):
                     st.markdown(f"**{reason}.** {how}")
         estimator = st.selectbox(
             "Estimator",
-            list(state.ESTIMATOR_LABELS),
-            format_func=state.ESTIMATOR_LABELS.get,
+            list(labels.ESTIMATORS),
+            format_func=labels.ESTIMATORS.get,
             help="DoE fits q(landmark) and q(landmark | representation); the MI is the "
             "difference of their entropies.",
             disabled=busy,
@@ -156,7 +144,7 @@ with st.container(border=True):
         list(LANDMARKS),
         selection_mode="multi",
         default=list(base.landmarks),
-        format_func=state.landmark_label,
+        format_func=labels.landmark,
         disabled=busy,
         key="landmarks",
     )
@@ -178,9 +166,9 @@ with st.container(border=True):
         width = b.number_input("Image width (px)", 32, 178, base.image_size[1], disabled=busy)
         precision = c.selectbox(
             "Arithmetic",
-            list(ARITHMETIC),
-            index=list(ARITHMETIC).index(base.precision),
-            format_func=ARITHMETIC.get,
+            list(labels.ARITHMETIC),
+            index=list(labels.ARITHMETIC).index(base.precision),
+            format_func=labels.ARITHMETIC.get,
             disabled=busy,
             help="How a network that is being trained does its sums. Automatic uses 16-bit "
             "numbers (bfloat16) for its training steps where this computer has hardware for "
@@ -294,7 +282,7 @@ def _show_progress(snap: JobSnapshot) -> None:
     total = snap.total_steps or 0
     text = f"**{snap.state.value}**"
     if snap.message and snap.message.strip().lower() != snap.state.value.lower():
-        text += f" · {snap.message}"  # "finished · finished" said it twice
+        text += f" · {snap.message}"  # a message that only repeats the state is left out
     if total and snap.done:
         text += f" · step {snap.step}/{total}"
     elif total:
@@ -313,7 +301,7 @@ def _show_curves(snap: JobSnapshot) -> None:
         encoders,
         selection_mode="multi",
         default=encoders,
-        format_func=state.encoder_label,
+        format_func=labels.encoder,
         key="curve_encoders",
     )
     shown_l = pick_l.pills(
@@ -321,25 +309,24 @@ def _show_curves(snap: JobSnapshot) -> None:
         landmarks,
         selection_mode="multi",
         default=landmarks,
-        format_func=state.landmark_label,
+        format_func=labels.landmark,
         key="curve_landmarks",
     )
-    curves = snap.train_curves
-    if not any(name.startswith("I(") for name in curves):
+    pairs = charts.pair_curves(snap.train_curves)
+    if not pairs:
         st.info("The first curves appear after the first training step.")
         return
     st.plotly_chart(
-        charts.mi_curves(curves, encoders=shown_e, landmarks=shown_l),
+        charts.mi_curves(pairs, encoders=shown_e, landmarks=shown_l),
         key="live_curves",
         width="stretch",
     )
-    latest = {
-        name: points[-1][1] for name, points in curves.items() if name.startswith("I(") and points
-    }
+    latest = ", ".join(
+        f"{labels.pair(p.encoder, p.landmark)} {p.latest:.2f}" for p in pairs if p.points
+    )
     st.caption(
-        f"Latest step {snap.step}: "
-        + ", ".join(f"{charts.pair_label(*parse_mi_name(n))} {v:.2f}" for n, v in latest.items())
-        + " nats (per-batch estimates; the lines are averaged over 15 steps)."
+        f"Latest step {snap.step}: {latest}"
+        " nats (per-batch estimates; the lines are averaged over 15 steps)."
     )
 
 
@@ -349,14 +336,13 @@ def _show_result(snap: JobSnapshot) -> None:
         with st.expander("Details (for a developer)"):
             st.code(snap.traceback or "", language="text")
     elif snap.mi_table:
-        table = pd.DataFrame([dict(row) for row in snap.mi_table])
         st.success(
             f"Finished in {_format_seconds((snap.finished or 0) - (snap.started or 0))}. "
             f"Run **{snap.run_name}** is saved: compare it on **Results**, look at its "
             "posteriors on **Posteriors**."
         )
-        st.plotly_chart(charts.mi_bars(table), key="final_bars", width="stretch")
-    elif snap.state.value == "stopped":
+        st.plotly_chart(charts.mi_bars(snap.mi_table), key="final_bars", width="stretch")
+    elif snap.state is RunStatus.STOPPED:
         st.info(
             f"{snap.message[:1].upper()}{snap.message[1:]}. Run **{snap.run_name}** keeps its "
             "checkpoint: its posteriors can be looked at now."

@@ -40,18 +40,14 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from mist_core.data.landmarks import LANDMARKS
+from mist_core.data.landmarks import CELEBA_HEIGHT, CELEBA_WIDTH, LANDMARKS
 
 if TYPE_CHECKING:
     from torchvision.datasets import CelebA
 
 __all__ = ["CelebALandmarks", "CelebAMissingError", "LANDMARKS", "expected_files"]
 
-"""Landmark names, in CelebA's column order; "left" is the image-left."""
-
 SPLITS: Final[tuple[str, ...]] = ("train", "valid", "test", "all")
-IMAGE_HEIGHT: Final[int] = 218
-IMAGE_WIDTH: Final[int] = 178
 
 _BASE_FOLDER: Final[str] = "celeba"  # fixed by torchvision.datasets.CelebA.base_folder
 _IMAGE_FOLDER: Final[str] = "img_align_celeba"
@@ -277,10 +273,10 @@ class CelebALandmarks(Dataset[dict[str, torch.Tensor]]):
                 str(path),
             )
         image, target = self._celeba[index]
-        if tuple(image.shape) != (3, IMAGE_HEIGHT, IMAGE_WIDTH):
+        if tuple(image.shape) != (3, CELEBA_HEIGHT, CELEBA_WIDTH):
             raise ValueError(
                 f"CelebA image {path} is {image.shape[2]}x{image.shape[1]} (width x height); "
-                f"aligned CelebA images are {IMAGE_WIDTH}x{IMAGE_HEIGHT}, so the landmarks "
+                f"aligned CelebA images are {CELEBA_WIDTH}x{CELEBA_HEIGHT}, so the landmarks "
                 "would not match it"
             )
         # Fresh [2] tensors (not views of the [N, 5, 2] table), so DataLoader workers do not

@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from mist_core.data.stopping import check_stop
 from mist_core.freeze import is_frozen
+from mist_core.runs import write_atomic
 
 __all__ = ["MAX_TABLES", "FeatureCache", "WithFeatures", "compute_features", "module_fingerprint"]
 
@@ -198,16 +197,10 @@ class FeatureCache:
 
     @staticmethod
     def _write(path: Path, table: Tensor) -> None:
-        """Write atomically: a reader never sees half a file."""
+        """Write atomically and durably: a reader never sees half a file, and a table that
+        was written is still whole after a power cut."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file({"features": table.contiguous()}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomic(path, save({"features": table.contiguous()}))
 
 
 class WithFeatures(Dataset):

@@ -124,7 +124,7 @@ class _MaskedAutoregressive(MaskedAutoregressiveTransform):
             self.context_weight = self.context_bias = None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
-        # Checkpoints from before the linear context path: it was zero, i.e. absent.
+        # A state dict without the linear context path means a path of zeros (absent).
         if self.context_weight is not None:
             for name in ("context_weight", "context_bias"):
                 state_dict.setdefault(prefix + name, torch.zeros_like(getattr(self, name)))
@@ -171,8 +171,9 @@ def _start_at_identity(layer: LazyTransform) -> LazyTransform:
     map, the identity for affine layers, instead of a random affine map.
 
     The first variable of a MADE sees no input but the context, so only its last layer's
-    bias could undo a random start: a 1-d marginal was still 0.7 nats off after 400 steps.
-    The random draws happen as before, so seeded models keep their other weights.
+    bias could undo a random start, and slowly: a random start biases a 1-d marginal for
+    hundreds of steps. The random draws still happen, so seeded models keep their other
+    weights.
     """
     hyper = getattr(layer, "hyper", None)
     if hyper is not None:
@@ -390,6 +391,21 @@ def transformed_normal(
         transform_name: one of :data:`TRANSFORMS`.
         normalization: ``"emanorm"`` (EMA standardiser first) or ``None``.
         n_transforms: how many flow layers to stack (orders alternate).
+
+    Example (a new flow is the identity map, so an untrained :math:`q` is
+    :math:`\\mathcal N(0, I)`: :math:`\\log q(0) = -\\log 2\\pi` in 2-d):
+
+    >>> import torch
+    >>> from mist_core.distributions import transformed_normal
+    >>> q = transformed_normal(2, hidden_dims=(16,))
+    >>> round(q.eval().log_prob(torch.zeros(2)).item(), 4)
+    -1.8379
+    >>> _ = q.train()
+    >>> y = torch.randn(64, 2) * 3 + 1  # [N, D]
+    >>> q.log_prob(y).shape  # training mode: the standardiser observes y too
+    torch.Size([64])
+    >>> q.sample((5,)).shape
+    torch.Size([5, 2])
     """
     _check_common(
         transform_name, TRANSFORMS, hidden_dims, normalization, n_transforms, input_dim=input_dim
@@ -420,6 +436,23 @@ def conditional_transformed_normal(
         normalization: ``"emanorm"`` (EMA standardisers on ``y``, counted in the density,
             and on the context before the conditioner) or ``None``.
         n_transforms: how many flow layers to stack (orders alternate).
+
+    Example (untrained, it is :math:`\\mathcal N(0, I)` whatever the context):
+
+    >>> import torch
+    >>> from mist_core.distributions import conditional_transformed_normal
+    >>> q = conditional_transformed_normal(2, context_dim=3, hidden_dims=(16,))
+    >>> round(q.eval().log_prob(torch.zeros(2), torch.randn(3)).item(), 4)
+    -1.8379
+    >>> _ = q.train()
+    >>> x, y = torch.randn(64, 3), torch.randn(64, 2)  # [N, C], [N, D]
+    >>> q.log_prob(y, x).shape
+    torch.Size([64])
+    >>> q.condition(x).sample().shape
+    torch.Size([64, 2])
+    >>> grid = torch.zeros(6, 7, 2)  # [H, W, D]: one context against every point
+    >>> q.condition(x[:1].view(1, 1, 3)).log_prob(grid).shape
+    torch.Size([6, 7])
     """
     _check_common(
         transform_name,

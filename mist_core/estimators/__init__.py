@@ -2,7 +2,7 @@
 SMILE), the closed-form Gaussian DoE, and the wrappers that combine them (Multi,
 Transformed)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from mist_core.estimators.base import (
     BatchEstimator,
@@ -46,16 +46,29 @@ ESTIMATORS: dict[str, Callable[..., MIEstimator]] = {
 }
 
 
+#: Estimators made of a density q(y|x) alone per pair (DoE adds a q(y) shared by a target's
+#: pairs): they give posterior maps, and the landmark experiment builds one per pair.
+CONDITIONAL_DENSITY_ESTIMATORS = ("doe", "club", "l1out")
+
+
+def check_estimator_name(name: object, valid: Collection[str] = ESTIMATORS, why: str = "") -> str:
+    """``name`` when it is one of ``valid`` (every estimator by default); otherwise a
+    ``ValueError`` that lists the valid names, with ``why`` (e.g. ``" (posterior maps need
+    one)"``) saying why only those."""
+    if not isinstance(name, str) or name not in valid:
+        raise ValueError(f"unknown estimator {name!r}{why}; valid names: {', '.join(valid)}")
+    return name
+
+
 def build_estimator(name: str, x_dim: int, y_dim: int, **options: object) -> MIEstimator:
     """Build an estimator by name; unknown names or options raise a ``ValueError``."""
-    if name not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {name!r}; valid names: {', '.join(ESTIMATORS)}")
-    return ESTIMATORS[name](x_dim, y_dim, **options)
+    return ESTIMATORS[check_estimator_name(name)](x_dim, y_dim, **options)
 
 
 __all__ = [
     "BA",
     "CLUB",
+    "CONDITIONAL_DENSITY_ESTIMATORS",
     "ESTIMATORS",
     "JS",
     "MINE",
@@ -76,6 +89,7 @@ __all__ = [
     "TransformedMIEstimator",
     "ba",
     "build_estimator",
+    "check_estimator_name",
     "club",
     "doe",
     "gaussian",

@@ -14,20 +14,19 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
-__all__ = ["BatchEstimator", "BatchTerms", "MIEstimator", "Terms", "mi_name"]
+from mist_core.results import pair_name, parse_pair_name
+
+__all__ = ["BatchEstimator", "BatchTerms", "MIEstimator", "Terms", "mi_name", "parse_mi_name"]
 
 
 def mi_name(x_key: str, y_key: str) -> str:
     """The display name of a pair, as the seed prints it: ``I(x_key;y_key)``."""
-    return f"I({x_key};{y_key})"
+    return pair_name(x_key, y_key)
 
 
 def parse_mi_name(name: str) -> tuple[str, str]:
     """The inverse of :func:`mi_name`: ``"I(x_key;y_key)"`` -> ``(x_key, y_key)``."""
-    if not (name.startswith("I(") and name.endswith(")") and ";" in name):
-        raise ValueError(f"not an MI name of the form I(x;y): {name!r}")
-    x_key, y_key = name[2:-1].split(";", 1)
-    return x_key, y_key
+    return parse_pair_name(name)
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,27 @@ class DoE(MIEstimator):
     Args:
         q_Y_given_X: the conditional density, ``.condition(x).log_prob(y)``.
         q_Y: the marginal density, ``.log_prob(y)``; may be shared between estimators.
+
+    Example: :math:`Y = X + \varepsilon/2` with standard normal :math:`X, \varepsilon`
+    has :math:`I(X; Y) = \tfrac12 \log 5 \approx 0.80` nats. Built by :func:`doe`:
+
+    >>> import torch
+    >>> from mist_core.estimators import doe
+    >>> _ = torch.manual_seed(0)
+    >>> estimator = doe(x_dim=1, y_dim=1, hidden_dims=(16,))
+    >>> x = torch.randn(256, 1)  # [N, D_x]
+    >>> y = x + 0.5 * torch.randn(256, 1)  # [N, D_y]
+    >>> opt = torch.optim.Adam(estimator.parameters(), lr=1e-2)
+    >>> for _ in range(100):
+    ...     terms = estimator.terms(x, y)
+    ...     opt.zero_grad()
+    ...     terms.loss.backward()
+    ...     opt.step()
+    >>> terms = estimator.eval().terms(x, y)
+    >>> terms.log_ratio.shape  # log q(y | x) - log q(y) per sample
+    torch.Size([256])
+    >>> 0.6 < terms.log_ratio.mean().item() < 1.0
+    True
     """
 
     def __init__(self, q_Y_given_X: ConditionalTransformedNormal, q_Y: TransformedNormal) -> None:

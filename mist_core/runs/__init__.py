@@ -3,7 +3,7 @@
 A :class:`RunStore` is a folder of runs (``runs/`` by default); each run is one folder::
 
     runs/20250101-120000-3fa2c1/
-        config.json       the ExperimentConfig, written once at creation
+        config.json       the config (a JSON object; see ConfigFormat), written once at creation
         status.json       {"status", "message", "traceback", "updated", "created"}
         metrics.csv       long form: step,epoch,split,name,value (appended, fsynced)
         summary.json      results: {"mi": [rows], "steps", "epochs", ...} (optional)
@@ -16,8 +16,9 @@ A :class:`RunStore` is a folder of runs (``runs/`` by default); each run is one 
             latest.json                 {"step", "files"}: replaced last, atomically
 
 Writing. Every file is written to a temporary file in the same folder, fsynced and then
-renamed over the target, so a process killed at any moment leaves either the old or the new
-content and ``latest.json`` never points at a missing or partial checkpoint. A new run is
+renamed over the target (:func:`write_atomic`, which mist's other caches use too), so a
+process killed at any moment leaves either the old or the new content and ``latest.json``
+never points at a missing or partial checkpoint. A new run is
 assembled in a hidden folder and renamed into place, so it appears with its config, status
 (and lock) at once. Everything a run writes gets one mode: ``0644`` for files and ``0755`` for
 folders, less the umask.
@@ -36,11 +37,21 @@ naming the file. Listing never raises for a broken entry: it comes back as a :cl
 with ``problem`` saying what is wrong.
 
 Readers (a dashboard) may read while the writer writes.
+
+Configs. The store knows no config type: ``config.json`` is a JSON object, and the store's
+:class:`ConfigFormat` turns it into the config :meth:`Run.config` returns (a plain dict by
+default; :func:`mist_core.checkpoints.run_store` gives typed experiment configs). This package
+imports nothing else from mist_core.
 """
 
-from mist_core.runs._files import MAX_JSON_BYTES, RunFileError
+from mist_core.runs._files import MAX_JSON_BYTES, RunFileError, write_atomic
 from mist_core.runs._shapes import RunStatus
-from mist_core.runs.checkpoints import MAX_CHECKPOINT_BYTES, Checkpoint, CorruptCheckpointError
+from mist_core.runs.checkpoint_files import (
+    MAX_CHECKPOINT_BYTES,
+    Checkpoint,
+    CorruptCheckpointError,
+)
+from mist_core.runs.config_format import JSON_OBJECT, ConfigFormat
 from mist_core.runs.lock import HEARTBEAT_S as HEARTBEAT_S
 from mist_core.runs.lock import STALE_HEARTBEAT_S as STALE_HEARTBEAT_S
 from mist_core.runs.lock import RunBusyError, RunWriter
@@ -50,10 +61,12 @@ from mist_core.runs.run import Run
 from mist_core.runs.store import RunInfo, RunStore
 
 __all__ = [
+    "JSON_OBJECT",
     "MAX_CHECKPOINT_BYTES",
     "MAX_JSON_BYTES",
     "MAX_METRICS_BYTES",
     "Checkpoint",
+    "ConfigFormat",
     "CorruptCheckpointError",
     "Run",
     "RunBusyError",
@@ -62,4 +75,5 @@ __all__ = [
     "RunStatus",
     "RunStore",
     "RunWriter",
+    "write_atomic",
 ]

@@ -12,6 +12,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
+__all__ = ["MAX_JSON_BYTES", "RunFileError", "write_atomic"]
+
 #: Temporary files older than this (seconds) in checkpoints/ are leftovers of killed writers.
 _STALE_TMP_S = 60.0
 
@@ -265,6 +267,16 @@ class _Dir:
 
     def listdir(self) -> list[str]:
         return os.listdir(self.path if self.fd is None else self.fd)
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace the file ``path`` by ``data`` so that a reader, or a process restarted after a
+    kill or a power cut, sees the old content or the new one, never a mix: a temporary file in
+    the same folder (mode 0644 less the umask), fsync, rename over ``path``, fsync the folder.
+    A link named ``path`` is replaced, never written through; the folder must exist."""
+    path = Path(path)
+    with _Dir.open(path.parent) as folder:
+        folder.write_atomic(path.name, data)
 
 
 def _fsync_dir(directory: Path) -> None:

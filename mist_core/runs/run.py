@@ -14,7 +14,6 @@ from typing import Any
 
 import pandas as pd
 
-from mist_core.experiment import ExperimentConfig
 from mist_core.runs._files import _O_NONBLOCK, _STALE_TMP_S, RunFileError, _Dir, _json_bytes
 from mist_core.runs._shapes import (
     _ACTIVE,
@@ -25,7 +24,8 @@ from mist_core.runs._shapes import (
     _is_time,
     _json_type,
 )
-from mist_core.runs.checkpoints import _RunCheckpoints
+from mist_core.runs.checkpoint_files import _RunCheckpoints
+from mist_core.runs.config_format import JSON_OBJECT, ConfigFormat
 from mist_core.runs.lock import (
     _ACQUIRE_RETRY_S,
     _HOST,
@@ -55,7 +55,7 @@ logger = logging.getLogger("mist_core.runs")  # one logger for the whole package
 class Run(_RunCheckpoints):
     """One run directory. See :mod:`mist_core.runs` for its layout; the checkpoint methods
     (:meth:`save_checkpoint`, :meth:`load_checkpoint`, ...) are in
-    :mod:`mist_core.runs.checkpoints`.
+    :mod:`mist_core.runs.checkpoint_files`.
 
     Attributes:
         name: the folder name.
@@ -63,16 +63,24 @@ class Run(_RunCheckpoints):
         keep_checkpoints: how many checkpoints to keep (the newest by step; never the one
             ``latest.json`` points to).
         writer: the :class:`RunWriter` this object acquired (``None`` when it holds none).
+        config_format: how :meth:`config` reads ``config.json`` (plain dicts by default).
     """
 
-    def __init__(self, path: str | Path, *, keep_checkpoints: int = 3) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        keep_checkpoints: int = 3,
+        config_format: ConfigFormat = JSON_OBJECT,
+    ) -> None:
         self.path = Path(path)
         self.name = self.path.name
         if keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {keep_checkpoints}")
         self.keep_checkpoints = keep_checkpoints
+        self.config_format = config_format
         self.writer: RunWriter | None = None
-        self._config: ExperimentConfig | None = None
+        self._config: Any = None
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -242,8 +250,8 @@ class Run(_RunCheckpoints):
 
     # --- config and status -------------------------------------------------------------
 
-    def config(self) -> ExperimentConfig:
-        """The config the run was created with.
+    def config(self) -> Any:
+        """The config the run was created with, as :attr:`config_format` reads it.
 
         Raises:
             FileNotFoundError: no ``config.json``.
@@ -257,11 +265,8 @@ class Run(_RunCheckpoints):
             if not isinstance(data, dict):
                 raise RunFileError(f"config.json is {_json_type(data)}, not an object of fields")
             try:
-                config = ExperimentConfig.from_dict(data)
-                if "precision" not in data:
-                    # written before the field existed: those runs' encoders ran in float32
-                    config = config.replace(precision="float32")
-            except Exception as error:  # noqa: BLE001 - ValueError, TypeError of bad fields
+                config = self.config_format.from_json(data)
+            except Exception as error:  # noqa: BLE001 - whatever the format finds invalid
                 raise RunFileError(f"config.json is not a valid config: {error}") from error
             self._config = config
         return self._config

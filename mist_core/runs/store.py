@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mist_core.experiment import ExperimentConfig
-from mist_core.runs._files import _DIR_MODE, _fsync_dir
+from mist_core.runs._files import _DIR_MODE, _fsync_dir, _json_bytes
 from mist_core.runs._shapes import _ACTIVE, RunStatus, _check_owner, _is_time
+from mist_core.runs.config_format import JSON_OBJECT, ConfigFormat
 from mist_core.runs.lock import RunBusyError, _busy_message
 from mist_core.runs.run import Run
 
@@ -36,14 +36,15 @@ class RunInfo:
     ``status`` is the effective status (:meth:`Run.effective_status`): ``INTERRUPTED`` for a
     run whose owner is gone. ``last_step`` is the step of the last complete row of
     ``metrics.csv``. ``owner`` is the live writer's ``owner.json`` (``pid``, ``host``,
-    ``started``, ``heartbeat``), ``None`` when no process writes the run.
+    ``started``, ``heartbeat``), ``None`` when no process writes the run. ``config`` is as
+    the store's config format reads it.
     """
 
     name: str
     path: Path
     status: RunStatus | None
     created: float | None
-    config: ExperimentConfig | None
+    config: Any
     summary: dict | None
     problem: str | None
     last_step: int | None
@@ -74,11 +75,22 @@ def _shorten(names: list[str], limit: int = 10) -> str:
 
 
 class RunStore:
-    """A folder of run directories (created when the first run is)."""
+    """A folder of run directories (created when the first run is).
 
-    def __init__(self, root: str | Path = "runs", *, keep_checkpoints: int = 3) -> None:
+    ``config_format`` says what a run's config is (:meth:`create` takes one, :meth:`Run.config`
+    gives one back): plain dicts by default.
+    """
+
+    def __init__(
+        self,
+        root: str | Path = "runs",
+        *,
+        keep_checkpoints: int = 3,
+        config_format: ConfigFormat = JSON_OBJECT,
+    ) -> None:
         self.root = Path(root)
         self.keep_checkpoints = keep_checkpoints
+        self.config_format = config_format
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.root)!r})"
@@ -96,7 +108,7 @@ class RunStore:
         return path
 
     def _run(self, path: Path) -> Run:
-        return Run(path, keep_checkpoints=self.keep_checkpoints)
+        return Run(path, keep_checkpoints=self.keep_checkpoints, config_format=self.config_format)
 
     def name_of(self, name_or_path: str | os.PathLike[str]) -> str:
         """The run name in a name or a path to a run folder of this store (``runs/NAME``,
@@ -123,21 +135,20 @@ class RunStore:
             )
         return _check_name(path.name)
 
-    def create(
-        self, config: ExperimentConfig, name: str | None = None, *, acquire: bool = False
-    ) -> Run:
-        """A new run with ``config`` saved and status ``QUEUED``.
+    def create(self, config: Any, name: str | None = None, *, acquire: bool = False) -> Run:
+        """A new run with ``config`` (of the store's config format) saved and status ``QUEUED``.
 
         The run is assembled in a hidden folder and renamed into place, so it never shows
         half-written. With ``acquire=True`` its writer lock is taken first (``run.writer``),
         so from its first appearance the run is owned and never lists as interrupted.
 
         Raises:
+            TypeError: ``config`` is not one of the store's config format.
             ValueError: an invalid name (or one that would leave the store).
             FileExistsError: a run (or file) of that name exists.
         """
-        if not isinstance(config, ExperimentConfig):
-            raise TypeError(f"config must be an ExperimentConfig, got {type(config).__name__}")
+        config_json = self.config_format.to_json(config)
+        stored = self.config_format.from_json(config_json)  # what the run's config() gives
         if name is not None:
             self._path(name)  # a bad name fails before anything is written
         self.root.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
@@ -150,7 +161,7 @@ class RunStore:
             if acquire:
                 writer = draft.acquire_writer()
             with draft._dir() as folder:
-                folder.write_atomic("config.json", (config.to_json() + "\n").encode())
+                folder.write_atomic("config.json", _json_bytes(config_json))
             draft.set_status(RunStatus.QUEUED)
             path = self._place(staging, name)
         except BaseException:
@@ -160,7 +171,7 @@ class RunStore:
             raise
         _fsync_dir(self.root)
         run = self._run(path)
-        run._config = config
+        run._config = stored
         if writer is not None:
             writer.run = run
             run.writer = writer

@@ -18,8 +18,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 APP_DIR = ROOT / "app"
 MAIN = APP_DIR / "main.py"
-#: The folder of the page scripts main.py registers with st.navigation (views/; pages/ before).
-PAGES = next(d for d in ("views", "pages") if (APP_DIR / d / "train.py").is_file())
+#: The folder of the page scripts main.py registers with st.navigation.
+PAGES = "views"
 
 os.environ["MIST_WARM_UP"] = "0"
 os.environ.setdefault("MIST_RUNS_DIR", str(Path(tempfile.gettempdir()) / "mist-apptest-runs"))

@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from mist_core import freeze
+from mist_core.checkpoints import run_store
 from mist_core.cli import main
 from mist_core.data.features import FeatureCache
 from mist_core.experiment import ExperimentConfig, LandmarkExperiment, PreparationStopped, preset
 from mist_core.resources import ResourceError, check_resources, estimate_resources
-from mist_core.runs import RunStore
 
 #: The issue's items whose repros live in other tests of the suite.
 ELSEWHERE = {
@@ -113,7 +113,7 @@ def item_12_stop_interrupts_the_image_preparation_within_2_s(tmp_path, capsys) -
 
 
 def item_13_symlinks_in_a_run_are_not_followed_and_modes_are_uniform(tmp_path, capsys) -> None:
-    store = RunStore(tmp_path / "runs")
+    store = run_store(tmp_path / "runs")
     run = store.create(preset("demo-cpu"), "linked")
     outside = tmp_path / "elsewhere.csv"
     outside.write_text("precious\n")
@@ -136,7 +136,7 @@ def item_13_symlinks_in_a_run_are_not_followed_and_modes_are_uniform(tmp_path, c
 
 
 def item_15_evaluate_and_resume_take_a_run_folders_path(tmp_path, capsys) -> None:
-    store = RunStore(tmp_path / "runs")
+    store = run_store(tmp_path / "runs")
     store.create(preset("demo-cpu"), "by-path")
     for text in ("by-path", str(tmp_path / "runs" / "by-path"), f"{tmp_path}/runs/by-path/"):
         assert store.open(text).name == "by-path"

@@ -11,8 +11,8 @@ import threading
 import time
 
 from mist_core.experiment import preset
-from mist_core.jobs import DeviceBusyError, JobRegistry, JobState, QueueFullError
-from mist_core.runs import Run
+from mist_core.jobs import DeviceBusyError, JobRegistry, QueueFullError
+from mist_core.runs import Run, RunStatus
 
 #: A few seconds of training: 6 steps; one frozen encoder, so checkpoints are small.
 TINY = dict(
@@ -25,7 +25,7 @@ TINY = dict(
     encoders=("random_init",),
     landmarks=("nose",),
 )
-ENDED = (JobState.FINISHED, JobState.STOPPED, JobState.FAILED)
+ENDED = (RunStatus.FINISHED, RunStatus.STOPPED, RunStatus.FAILED)
 
 
 def _raise(what: str):
@@ -39,8 +39,8 @@ def _status_fails_for(states):
     original = Run.set_status
 
     def set_status(self, status, message=None, traceback=None):
-        if JobState(status) in states:
-            raise OSError(5, f"Input/output error (status {JobState(status).value})")
+        if RunStatus(status) in states:
+            raise OSError(5, f"Input/output error (status {RunStatus(status).value})")
         return original(self, status, message=message, traceback=traceback)
 
     return set_status
@@ -50,38 +50,38 @@ def _status_fails_for(states):
 CASES = {
     "metrics append fails, and again in the failure path": (
         {"append_metrics": _raise("metrics")},
-        JobState.FAILED,
+        RunStatus.FAILED,
         "its last metrics could not be written",
     ),
     "checkpoint write fails": (
         {"save_checkpoint": _raise("checkpoint")},
-        JobState.FAILED,
+        RunStatus.FAILED,
         "could not save a checkpoint",
     ),
     "checkpoint write fails, then the failed status write": (
         {
             "save_checkpoint": _raise("checkpoint"),
-            "set_status": _status_fails_for({JobState.FAILED}),
+            "set_status": _status_fails_for({RunStatus.FAILED}),
         },
-        JobState.FAILED,
+        RunStatus.FAILED,
         "status could not be written",
     ),
     "summary write fails": (
         {"write_summary": _raise("summary")},
-        JobState.FAILED,
+        RunStatus.FAILED,
         "(summary)",
     ),
     "summary write fails, then the failed status write": (
         {
             "write_summary": _raise("summary"),
-            "set_status": _status_fails_for({JobState.FAILED}),
+            "set_status": _status_fails_for({RunStatus.FAILED}),
         },
-        JobState.FAILED,
+        RunStatus.FAILED,
         "status could not be written",
     ),
     "every status write after creation fails": (
-        {"set_status": _status_fails_for({JobState.RUNNING, JobState.FINISHED})},
-        JobState.FINISHED,
+        {"set_status": _status_fails_for({RunStatus.RUNNING, RunStatus.FINISHED})},
+        RunStatus.FINISHED,
         "status could not be written",
     ),
     "metrics, checkpoint, summary and status writes all fail": (
@@ -89,9 +89,9 @@ CASES = {
             "append_metrics": _raise("metrics"),
             "save_checkpoint": _raise("checkpoint"),
             "write_summary": _raise("summary"),
-            "set_status": _status_fails_for({JobState.RUNNING, JobState.FAILED}),
+            "set_status": _status_fails_for({RunStatus.RUNNING, RunStatus.FAILED}),
         },
-        JobState.FAILED,
+        RunStatus.FAILED,
         "its last metrics could not be written",
     ),
 }

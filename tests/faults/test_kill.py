@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from mist_core.checkpoints import run_store
 from mist_core.runs import RunStatus, RunStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,7 +121,7 @@ def _check_run(store: RunStore, name: str) -> tuple[str, int | None]:
 
 @pytest.mark.slow
 def test_kill_9_at_random_moments_leaves_nothing_behind_and_loses_nothing(tmp_path):
-    store = RunStore(tmp_path)
+    store = run_store(tmp_path)
     rng = random.Random(13)
 
     # one training that is not killed: how long the whole thing takes here

@@ -68,7 +68,7 @@ def _peak_mb():
 
 import numpy as np
 from PIL import Image
-from mist_core.faces import PhotoError, align_photo, load_photo
+from mist_core.photos import PhotoError, align_photo, load_photo
 
 # Warm-up: what the first upload loads once (PIL plugins, OpenCV's cascades).
 warm = io.BytesIO()

@@ -33,10 +33,11 @@ import pytest
 import torch
 
 from mist_core import runs
+from mist_core.checkpoints import run_store
 from mist_core.cli import main
 from mist_core.experiment import preset
 from mist_core.jobs import JobRegistry
-from mist_core.runs import RunBusyError, RunStatus, RunStore
+from mist_core.runs import RunBusyError, RunStatus
 from mist_core.runs._files import _json_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,7 +112,7 @@ def trained(tmp_path_factory) -> Iterator[Path]:
         assert snap.state is RunStatus.FINISHED, snap.error
     finally:
         torch.set_num_threads(saved)
-    run = RunStore(root).open(snap.run_name)
+    run = run_store(root).open(snap.run_name)
     assert run.load_checkpoint().step == STEP
     yield run.path
     shutil.rmtree(root, ignore_errors=True)
@@ -216,7 +217,7 @@ def _nothing_lost(run: Path, relative: str) -> None:
     """The last good checkpoint loads and verifies; the metrics hold every training step."""
     if relative.startswith("checkpoints") and relative != "checkpoints/latest.json":
         return
-    opened = RunStore(run.parent).open(run.name)
+    opened = run_store(run.parent).open(run.name)
     assert opened.load_checkpoint().step == STEP, "the last good checkpoint does not load"
     if relative != "metrics.csv":
         metrics = opened.read_metrics()
@@ -225,7 +226,7 @@ def _nothing_lost(run: Path, relative: str) -> None:
 
 
 def _check_listing(run: Path, relative: str, mode: str) -> None:
-    store = RunStore(run.parent)
+    store = run_store(run.parent)
     infos = {info.name: info for info in store.list()}
     assert run.name in infos, "the damaged run is not listed"
     info = infos[run.name]
@@ -330,7 +331,7 @@ def test_two_processes_on_one_run_and_kill_9_of_the_holder(trained, tmp_path):
     root = tmp_path / "runs"
     root.mkdir()
     resumed, deleted = _copy(trained, root, "resumed"), _copy(trained, root, "deleted")
-    store = RunStore(root)
+    store = run_store(root)
     holders = [_hold(root, "resumed"), _hold(root, "deleted")]
     try:
         pid = holders[0].pid
@@ -396,7 +397,7 @@ def test_create_never_shows_a_half_made_run(tmp_path):
     """Many creations while another thread lists: never a run without config or status."""
     import threading
 
-    store = RunStore(tmp_path / "runs")
+    store = run_store(tmp_path / "runs")
     config = preset("demo-cpu", **TINY)
     stop = threading.Event()
     seen: list[str] = []

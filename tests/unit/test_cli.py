@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from mist_core.checkpoints import run_store
 from mist_core.cli import main
 from mist_core.experiment import preset
-from mist_core.runs import RunStatus, RunStore
+from mist_core.runs import RunStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
@@ -133,7 +134,7 @@ def test_invalid_config_file_is_one_line(tmp_path, capsys):
 
 
 def test_list_shows_broken_and_interrupted_runs_and_exits_0(tmp_path, capsys):
-    store = RunStore(tmp_path / "runs")
+    store = run_store(tmp_path / "runs")
     config = preset("demo-cpu", epochs=1)
     good = store.create(config, name="good")
     good.set_status("finished")
@@ -161,7 +162,7 @@ def test_list_shows_broken_and_interrupted_runs_and_exits_0(tmp_path, capsys):
 
 
 def test_evaluate_and_resume_errors_are_one_line(tmp_path, capsys):
-    store = RunStore(tmp_path / "runs")
+    store = run_store(tmp_path / "runs")
     run = store.create(preset("demo-cpu", epochs=1), name="r")
     runs = ["--run-dir", str(store.root)]
     assert main([*runs, "evaluate", "r"]) == 2
@@ -176,7 +177,7 @@ def test_evaluate_and_resume_errors_are_one_line(tmp_path, capsys):
         assert main([*runs, "resume", "r"]) == 2
         err = capsys.readouterr().err
         assert "error: run 'r' is being trained by this process" in err
-    other = RunStore(tmp_path / "elsewhere")
+    other = run_store(tmp_path / "elsewhere")
     other.create(preset("demo-cpu"), name="x")
     assert main([*runs, "evaluate", str(other.root / "x")]) == 2  # found there, no checkpoint
     assert "no checkpoint" in capsys.readouterr().err
@@ -224,7 +225,7 @@ def test_ctrl_c_stops_with_a_checkpoint_and_resume_finishes(tmp_path):
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, (out, err)
     assert "resume with: python -m mist_core resume interrupted" in out
-    run = RunStore(tmp_path / "runs").open("interrupted")
+    run = run_store(tmp_path / "runs").open("interrupted")
     assert run.status() is RunStatus.STOPPED
     stopped_at = run.load_checkpoint().step
     assert 1 <= stopped_at < 60
@@ -270,8 +271,8 @@ def test_torchrun_two_processes_with_gloo_write_one_run(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("run ddp: finished at step 12") == 1, "only rank 0 reports"
-    runs = RunStore(tmp_path / "runs").list()
+    runs = run_store(tmp_path / "runs").list()
     assert [r.name for r in runs] == ["ddp"] and runs[0].status is RunStatus.FINISHED
-    metrics = RunStore(tmp_path / "runs").open("ddp").read_metrics()
+    metrics = run_store(tmp_path / "runs").open("ddp").read_metrics()
     losses = metrics[(metrics.split == "train") & (metrics.name == "loss")]
     assert list(losses.step) == list(range(1, 13)), "12 steps of the global batch, written once"

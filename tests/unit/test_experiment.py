@@ -9,14 +9,15 @@ import torch
 
 from mist_core import freeze, is_frozen
 from mist_core.data import FeatureCache, SyntheticFaces
+from mist_core.data.images import resize_images
 from mist_core.encoders import ResNet18Encoder
 from mist_core.experiment import (
     PRESETS,
     ExperimentConfig,
     LandmarkExperiment,
     preset,
-    resize_images,
 )
+from mist_core.results import PairEstimate
 
 TINY = dict(
     train_size=48,
@@ -56,7 +57,7 @@ def test_presets_are_valid_configs(name):
         ({"dataset": "celeba", "celeba_root": None}, "celeba_root"),
         ({"encoders": ("random_init", "vgg")}, "unknown: \\['vgg'\\]"),
         ({"landmarks": ("chin",)}, "landmarks must be among"),
-        ({"estimator": "infonce"}, "estimator must be one of doe, club, l1out"),
+        ({"estimator": "infonce"}, r"unknown estimator 'infonce'.*valid names: doe, club, l1out$"),
         ({"train_size": 1}, r"train_size must be an integer in \[2, 1000000\]"),
         ({"image_size": (16, 16)}, "image_size"),
         ({"epochs": 0}, r"epochs must be an integer in \[1, 1000\], got 0"),
@@ -178,7 +179,7 @@ def test_unknown_fields_and_bad_json_are_refused():
 
 def test_the_seed_model_structure(tiny_experiment):
     exp = tiny_experiment
-    estimators = exp.estimator.estimators
+    estimators = exp.pair_estimators.estimators
     assert list(estimators) == [
         "random_init;left_eye",
         "trained;left_eye",
@@ -188,7 +189,7 @@ def test_the_seed_model_structure(tiny_experiment):
     assert estimators["random_init;nose"].q_Y is estimators["trained;nose"].q_Y
     assert estimators["random_init;nose"].q_Y is not estimators["random_init;left_eye"].q_Y
     assert is_frozen(exp.encoders["random_init"]) and not is_frozen(exp.encoders["trained"])
-    assert exp.estimator.infomax_gradient == {
+    assert exp.pair_estimators.infomax_gradient == {
         "random_init": True,
         "left_eye": False,
         "trained": True,
@@ -283,6 +284,12 @@ def test_a_short_training_run_and_the_mi_table(tiny_experiment):
     table = exp.evaluate()
     assert list(table.columns) == ["encoder", "landmark", "mi", "std_error"]
     assert len(table) == 4 and table["std_error"].gt(0).all()
+    estimates = exp.estimates()
+    assert all(isinstance(e, PairEstimate) for e in estimates)
+    assert [(e.representation, e.target, e.mi, e.std_error) for e in estimates] == list(
+        table.itertuples(index=False, name=None)
+    )
+    assert {(e.n, e.estimator) for e in estimates} == {(exp.config.test_size, "doe")}
 
 
 def test_experiments_built_in_parallel_threads_get_their_seeded_weights():

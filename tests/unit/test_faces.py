@@ -1,4 +1,4 @@
-"""Tests for decoding, face detection and alignment of a person's photo (mist_core.faces)."""
+"""Tests for decoding, face detection and alignment of a person's photo (mist_core.photos)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, ImageOps, JpegImagePlugin
 
-from mist_core import faces
 from mist_core.data import LANDMARKS, SyntheticFaces
-from mist_core.faces import (
+from mist_core.photos import (
     CELEBA_LANDMARKS,
     CELEBA_SIZE,
     Alignment,
@@ -23,7 +22,10 @@ from mist_core.faces import (
     PhotoError,
     align_photo,
     align_to_face,
+    decode,
+    detect,
     detect_face,
+    headers,
     load_photo,
     manual_alignment,
 )
@@ -93,7 +95,7 @@ def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args, **kwargs):
         raise AssertionError("PIL.Image.open was called")
 
-    monkeypatch.setattr(faces.Image, "open", boom)
+    monkeypatch.setattr(decode.Image, "open", boom)
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,7 +314,7 @@ def test_max_pixels_is_read_from_jpeg_and_png_headers(monkeypatch: pytest.Monkey
     def boom(*args, **kwargs):
         raise AssertionError("PIL.Image.open was called")
 
-    monkeypatch.setattr(faces.Image, "open", boom)
+    monkeypatch.setattr(decode.Image, "open", boom)
     for data in (jpeg, png):
         with pytest.raises(PhotoError, match="300 x 200 pixels.*megapixels"):
             load_photo(data, max_pixels=59_999)
@@ -369,7 +371,7 @@ def test_tiled_conversion_gives_the_whole_image_result(
     monkeypatch: pytest.MonkeyPatch, mode: str, tile_pixels: int
 ) -> None:
     # Tiles of 700 pixels: many bands, some split in columns (multiples of the box factor).
-    monkeypatch.setattr(faces, "_TILE_PIXELS", tile_pixels)
+    monkeypatch.setattr(decode, "_TILE_PIXELS", tile_pixels)
     rng = np.random.default_rng(6)
     for (w, h), size in SHRINKS:
         if mode == "I;16":
@@ -385,7 +387,7 @@ def test_tiled_conversion_gives_the_whole_image_result(
             else:
                 im = Image.fromarray(array).convert(mode)
             rgb = np.asarray(im.convert("RGB"))
-        got = np.asarray(faces._shrink_to_rgb(im, size))
+        got = np.asarray(decode._shrink_to_rgb(im, size))
         # PIL may run its two Lanczos passes in the other order: one level at most.
         assert _max_diff(got, _reference(rgb, size)) <= 1, ((w, h), size)
 
@@ -394,7 +396,7 @@ def test_tiled_conversion_gives_the_whole_image_result(
 def test_transparency_is_blended_on_white_in_integers(
     monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
-    monkeypatch.setattr(faces, "_TILE_PIXELS", 700)
+    monkeypatch.setattr(decode, "_TILE_PIXELS", 700)
     rng = np.random.default_rng(7)
     for (w, h), size in SHRINKS:
         if mode == "RGBA":
@@ -413,7 +415,7 @@ def test_transparency_is_blended_on_white_in_integers(
             im = Image.fromarray(rng.integers(0, 4, (h, w), dtype=np.uint8) * 80)
             im.info["transparency"] = 80
         rgb = _blend_on_white(np.asarray(im.convert("RGBA")))
-        got = np.asarray(faces._shrink_to_rgb(im, size))
+        got = np.asarray(decode._shrink_to_rgb(im, size))
         assert _max_diff(got, _reference(rgb, size)) <= 1, ((w, h), size)
 
 
@@ -559,20 +561,20 @@ def test_memory_limit_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch
 
 def test_memory_limit_follows_the_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     data = _encode(Image.new("RGB", (400, 300), RED), "PNG")
-    monkeypatch.setattr(faces, "_available_memory", lambda: 4 * 400 * 300 * 4 - 4)
+    monkeypatch.setattr(decode, "_available_memory", lambda: 4 * 400 * 300 * 4 - 4)
     with pytest.raises(PhotoError, match="this computer has free"):
         load_photo(data)
-    monkeypatch.setattr(faces, "_available_memory", lambda: 64 * 2**30)
+    monkeypatch.setattr(decode, "_available_memory", lambda: 64 * 2**30)
     assert load_photo(data).image.shape == (300, 400, 3)
-    limit, words = faces._memory_limit(None)
-    assert limit == faces._DECODE_BUDGET and "200 MB" in words
+    limit, words = decode._memory_limit(None)
+    assert limit == decode._DECODE_BUDGET and "200 MB" in words
 
 
 def test_progressive_jpeg_counts_its_coefficients() -> None:
     im = _textured(1600, 1200)
-    baseline = faces._jpeg_frame(_encode(im, "JPEG", quality=90))
-    progressive = faces._jpeg_frame(_encode(im, "JPEG", quality=90, progressive=True))
-    full = faces._jpeg_frame(_encode(im, "JPEG", quality=90, progressive=True, subsampling=0))
+    baseline = headers.jpeg_frame(_encode(im, "JPEG", quality=90))
+    progressive = headers.jpeg_frame(_encode(im, "JPEG", quality=90, progressive=True))
+    full = headers.jpeg_frame(_encode(im, "JPEG", quality=90, progressive=True, subsampling=0))
     assert baseline is not None and progressive is not None and full is not None
     assert (baseline.width, baseline.height) == (1600, 1200)
     assert baseline.sampling == ((2, 2), (1, 1), (1, 1)) and not baseline.progressive
@@ -788,8 +790,8 @@ def test_face_box_lands_on_the_template_box() -> None:
     alignment = align_to_face(Face(box=box), (800, 1000))
     assert alignment.method == "face box"
     corners = alignment.to_aligned([[300.0, 200.0], [550.0, 450.0]])
-    np.testing.assert_allclose(corners.mean(axis=0), faces._FACE_BOX_CENTRE)
-    np.testing.assert_allclose(corners[1] - corners[0], [faces._FACE_BOX_WIDTH] * 2)
+    np.testing.assert_allclose(corners.mean(axis=0), detect._FACE_BOX_CENTRE)
+    np.testing.assert_allclose(corners[1] - corners[0], [detect._FACE_BOX_WIDTH] * 2)
 
 
 def test_align_to_face_validation() -> None:

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from mist_core.experiment import preset
-from mist_core.jobs import JobRegistry, JobState
+from mist_core.jobs import JobRegistry
+from mist_core.runs import RunStatus
 
 TINY = dict(
     train_size=48,
@@ -40,12 +41,12 @@ def test_a_job_runs_to_the_end_and_writes_its_run(registry):
     job = registry.submit(preset("demo-cpu", **TINY, epochs=1))
     assert job.wait(120)
     snap = job.snapshot()
-    assert snap.state is JobState.FINISHED, snap.error
+    assert snap.state is RunStatus.FINISHED, snap.error
     assert snap.step == 6 and snap.fraction == 1.0
     assert {"loss", "I(trained;nose)", "I(random_init;nose)"} <= set(snap.train_curves)
-    assert [row["encoder"] for row in snap.mi_table] == ["random_init", "trained"]
+    assert [row.representation for row in snap.mi_table] == ["random_init", "trained"]
     run = registry.store.open(snap.run_name)
-    assert run.status() is JobState.FINISHED
+    assert run.status() is RunStatus.FINISHED
     metrics = run.read_metrics()
     assert sorted(metrics.loc[metrics.name == "loss", "step"]) == [1, 2, 3, 4, 5, 6]
     summary = run.summary()
@@ -60,18 +61,18 @@ def test_stop_takes_effect_within_a_step(registry):
     job = registry.submit(preset("demo-cpu", **TINY, epochs=200))
     _wait_for(lambda: job.snapshot().step >= 2)
     snap = job.snapshot()
-    assert snap.state is JobState.RUNNING and snap.samples_per_s and snap.eta_s
+    assert snap.state is RunStatus.RUNNING and snap.samples_per_s and snap.eta_s
     step_at_stop = snap.step
     asked = time.monotonic()
     job.stop()
-    assert job.snapshot().state in (JobState.STOPPING, JobState.STOPPED)
+    assert job.snapshot().state in (RunStatus.STOPPING, RunStatus.STOPPED)
     _wait_for(lambda: job.snapshot().message.startswith("saving") or job.snapshot().done)
     out_of_the_loop = time.monotonic() - asked
     assert out_of_the_loop < 1.0, f"training went on for {out_of_the_loop:.2f} s"
     assert job.wait(30)
     latency = time.monotonic() - asked
     snap = job.snapshot()
-    assert snap.state is JobState.STOPPED, snap.error
+    assert snap.state is RunStatus.STOPPED, snap.error
     assert step_at_stop <= snap.step <= step_at_stop + 1, "at most the step in progress"
     # ~1 s when the machine is quiet (bench/README.md); generous here, where other test
     # processes may share the 2 cores: what matters is that the job ends, checkpointed
@@ -84,23 +85,23 @@ def test_a_failing_job_reports_its_error_and_the_process_lives_on(registry, tmp_
     job = registry.submit(config)
     assert job.wait(60)
     snap = job.snapshot()
-    assert snap.state is JobState.FAILED
+    assert snap.state is RunStatus.FAILED
     assert "CelebAMissingError" in snap.error and "list_landmarks_align_celeba.txt" in snap.error
     assert "Traceback" in snap.traceback
-    assert registry.store.open(snap.run_name).status() is JobState.FAILED
+    assert registry.store.open(snap.run_name).status() is RunStatus.FAILED
     # the registry still works
     ok = registry.submit(preset("demo-cpu", **TINY, epochs=1))
-    assert ok.wait(120) and ok.snapshot().state is JobState.FINISHED
+    assert ok.wait(120) and ok.snapshot().state is RunStatus.FINISHED
 
 
 def test_one_job_per_device_and_cancel_while_queued(registry):
     first = registry.submit(preset("demo-cpu", **TINY, epochs=200))
     second = registry.submit(preset("demo-cpu", **TINY, epochs=1))
     _wait_for(lambda: first.snapshot().step >= 1)
-    assert second.snapshot().state is JobState.QUEUED
+    assert second.snapshot().state is RunStatus.QUEUED
     registry.cancel(second.id)
     assert second.wait(5)
-    assert second.snapshot().state is JobState.STOPPED
+    assert second.snapshot().state is RunStatus.STOPPED
     assert second.snapshot().run_name is None, "a cancelled queued job writes no run"
     first.stop()
     assert first.wait(30)
@@ -123,11 +124,11 @@ def test_resume_continues_without_losing_or_repeating_metric_rows(registry):
     _wait_for(stop_when_far_enough)
     assert job.wait(60)
     stopped_at = job.snapshot().step
-    assert job.snapshot().state is JobState.STOPPED and 8 <= stopped_at < 18
+    assert job.snapshot().state is RunStatus.STOPPED and 8 <= stopped_at < 18
     resumed = registry.resume(job.snapshot().run_name)
     assert resumed.wait(120)
     snap = resumed.snapshot()
-    assert snap.state is JobState.FINISHED, snap.error
+    assert snap.state is RunStatus.FINISHED, snap.error
     assert snap.step == 18
     metrics = registry.store.open(snap.run_name).read_metrics()
     losses = metrics[(metrics.split == "train") & (metrics.name == "loss")]
@@ -146,7 +147,7 @@ def test_prepare_draws_the_images_once_and_a_job_reuses_them(registry):
     assert registry.prepared_data(config.replace(epochs=3)) is data  # same images
     job = registry.submit(config)
     assert job.wait(120)
-    assert job.snapshot().state is JobState.FINISHED
+    assert job.snapshot().state is RunStatus.FINISHED
     assert registry.prepared_data(config) is data
 
 
@@ -193,17 +194,17 @@ def test_a_failure_inside_the_failure_path_still_ends_the_job_failed(registry, m
     job = registry.submit(preset("demo-cpu", **TINY, epochs=1))
     assert job.wait(120), "the job never ended: its state would say running for ever"
     snap = job.snapshot()
-    assert snap.state is JobState.FAILED and snap.done
+    assert snap.state is RunStatus.FAILED and snap.done
     assert "No space left on device" in snap.error
     assert "its last metrics could not be written" in snap.message
     assert len(calls) >= 2, "the failure path tried to write the rows again"
     run = registry.store.open(snap.run_name)
-    assert run.status() is JobState.FAILED
+    assert run.status() is RunStatus.FAILED
     run.acquire_writer().release()  # the lock was released
     assert registry.active() == [] and job.done
     # Stop on an ended job is a no-op, never "stopping" for ever.
     job.stop()
-    assert job.snapshot().state is JobState.FAILED
+    assert job.snapshot().state is RunStatus.FAILED
 
 
 def test_a_status_write_failing_in_the_failure_path_still_ends_failed(registry, monkeypatch):
@@ -212,7 +213,7 @@ def test_a_status_write_failing_in_the_failure_path_still_ends_failed(registry, 
     original = Run.set_status
 
     def status(self, state, message=None, traceback=None):
-        if JobState(state) is JobState.FAILED:
+        if RunStatus(state) is RunStatus.FAILED:
             raise OSError(5, "Input/output error")
         return original(self, state, message=message, traceback=traceback)
 
@@ -224,12 +225,12 @@ def test_a_status_write_failing_in_the_failure_path_still_ends_failed(registry, 
     job = registry.submit(preset("demo-cpu", **TINY, epochs=1))
     assert job.wait(120)
     snap = job.snapshot()
-    assert snap.state is JobState.FAILED
+    assert snap.state is RunStatus.FAILED
     assert "metrics broke" in snap.error and "status could not be written" in snap.message
     run = registry.store.open(snap.run_name)
-    assert run.status() is JobState.RUNNING  # what the disk says: the write failed...
+    assert run.status() is RunStatus.RUNNING  # what the disk says: the write failed...
     run.acquire_writer().release()  # ...but nobody owns it, so it shows as interrupted
-    assert run.effective_status() is JobState.INTERRUPTED
+    assert run.effective_status() is RunStatus.INTERRUPTED
 
 
 def test_the_queue_is_bounded_and_queued_jobs_have_no_thread(tmp_path, blocking_train):
@@ -246,7 +247,7 @@ def test_the_queue_is_bounded_and_queued_jobs_have_no_thread(tmp_path, blocking_
         assert len(_mist_threads()) == 1, "waiting jobs must not have a thread"
         assert len(threading.enumerate()) <= before + 1 + 2  # + heartbeat, checkpoint writer
         assert [j.id for j in registry.active()] == [j.id for j in jobs]
-        assert [j.snapshot().state for j in jobs[1:]] == [JobState.QUEUED] * 3
+        assert [j.snapshot().state for j in jobs[1:]] == [RunStatus.QUEUED] * 3
         jobs[2].stop()  # withdrawn from the queue at once
         assert jobs[2].wait(1) and jobs[2].snapshot().message == "cancelled while queued"
         registry.submit(config)  # its place is free again
@@ -272,7 +273,7 @@ def test_ended_jobs_are_forgotten_beyond_keep_finished(tmp_path, blocking_train)
     assert [j.id for j in registry.jobs()] == ids[-3:]
     with pytest.raises(KeyError, match="forgotten"):
         registry.get(ids[0])
-    assert registry.get(ids[-1]).snapshot().state is JobState.FINISHED
+    assert registry.get(ids[-1]).snapshot().state is RunStatus.FINISHED
 
 
 def test_exclusive_submits_from_two_threads_at_once_make_one_job(tmp_path, blocking_train):
@@ -314,7 +315,7 @@ def test_resume_of_a_run_locked_by_another_process_is_refused(registry, tmp_path
     from mist_core.runs import RunBusyError
 
     job = registry.submit(preset("demo-cpu", **TINY, epochs=1))
-    assert job.wait(120) and job.snapshot().state is JobState.FINISHED
+    assert job.wait(120) and job.snapshot().state is RunStatus.FINISHED
     name = job.snapshot().run_name
     holder = subprocess.Popen(
         [
@@ -341,7 +342,7 @@ def test_resume_of_a_run_locked_by_another_process_is_refused(registry, tmp_path
     with pytest.raises(RunBusyError):
         registry.resume(name)  # the same process cannot resume it twice either
     assert resumed.wait(120)
-    assert resumed.snapshot().state is JobState.FINISHED, resumed.snapshot().error
+    assert resumed.snapshot().state is RunStatus.FINISHED, resumed.snapshot().error
 
 
 def test_a_config_too_big_for_the_machine_is_refused_before_any_thread(registry):
@@ -362,8 +363,8 @@ def test_stop_while_drawing_the_images_ends_stopped_within_2_s(registry):
     job.stop()
     assert job.wait(2.0), f"still {job.snapshot().state} {time.monotonic() - asked:.1f} s later"
     snap = job.snapshot()
-    assert snap.state is JobState.STOPPED and snap.message == "stopped while preparing the images"
-    assert registry.store.open(snap.run_name).status() is JobState.STOPPED
+    assert snap.state is RunStatus.STOPPED and snap.message == "stopped while preparing the images"
+    assert registry.store.open(snap.run_name).status() is RunStatus.STOPPED
 
 
 def test_stop_while_another_thread_prepares_the_same_images_is_honoured(registry):
@@ -379,6 +380,6 @@ def test_stop_while_another_thread_prepares_the_same_images_is_honoured(registry
     asked = time.monotonic()
     job.stop()
     assert job.wait(2.0), f"still {job.snapshot().state} {time.monotonic() - asked:.1f} s later"
-    assert job.snapshot().state is JobState.STOPPED
+    assert job.snapshot().state is RunStatus.STOPPED
     assert warm_up.is_alive(), "the test did not stop the job while the warm-up was drawing"
     warm_up.join(120)

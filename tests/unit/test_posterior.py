@@ -71,7 +71,7 @@ def test_posterior_maps_match_direct_evaluation(experiment):
     experiment.model.eval()
     with torch.no_grad():
         z = experiment.model.transform(image=face["image"].unsqueeze(0))["trained"][0]
-        est = experiment.estimator.estimators["trained;nose"]
+        est = experiment.pair_estimators.estimators["trained;nose"]
         direct_grid = est.q_Y_given_X.condition(z).log_prob(pixel_grid(218, 178))
         direct_mi = est.log_ratio(z.unsqueeze(0), face["nose"].unsqueeze(0))[0]
     np.testing.assert_allclose(trained.log_prob, direct_grid.numpy(), rtol=1e-5, atol=1e-4)

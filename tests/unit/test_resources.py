@@ -34,7 +34,7 @@ def machine(monkeypatch):
     def set_available(available: int | None) -> None:
         monkeypatch.setattr(resources, "available_memory_bytes", lambda: available)
 
-    monkeypatch.setattr(resources, "_cores", lambda: 2)
+    monkeypatch.setattr(resources, "cpu_cores", lambda: 2)
     return set_available
 
 

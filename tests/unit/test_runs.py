@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
+from mist_core.checkpoints import run_store
 from mist_core.experiment import preset
 from mist_core.runs import (
     Checkpoint,
@@ -40,7 +41,7 @@ CONFIG = preset("demo-cpu", epochs=2, landmarks=["nose"])
 
 @pytest.fixture
 def store(tmp_path: Path) -> RunStore:
-    return RunStore(tmp_path / "runs")
+    return run_store(tmp_path / "runs")
 
 
 def _rewrite_meta(run: Run, step: int, **changes) -> None:
@@ -983,7 +984,7 @@ def test_one_file_mode_for_everything_a_run_writes(store):
 def test_open_by_name_or_folder_path(store, tmp_path, monkeypatch):
     store.create(CONFIG, name="by-path")
     monkeypatch.chdir(tmp_path)  # the store is ./runs
-    relative = RunStore("runs")
+    relative = run_store("runs")
     for given in (
         "by-path",
         "runs/by-path",
@@ -995,7 +996,7 @@ def test_open_by_name_or_folder_path(store, tmp_path, monkeypatch):
         assert store.open(given).path == store.root / "by-path", given
     assert store.open(store.root / "by-path").name == "by-path"
     assert store.info("runs/by-path").name == "by-path"
-    other = RunStore(tmp_path / "elsewhere")
+    other = run_store(tmp_path / "elsewhere")
     other.create(CONFIG, name="foreign")
     for given in ("elsewhere/foreign", str(other.root / "foreign"), "runs/../elsewhere/foreign"):
         with pytest.raises(ValueError, match="not a run folder of"):

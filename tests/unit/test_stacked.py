@@ -193,7 +193,8 @@ def test_heads_share_the_stacked_storage_and_keep_their_state_dict():
         model.eval()
         terms = model.batch_terms({k: v.to(next(model.parameters()).dtype)
                                    for k, v in _batch(seed=8).items()})  # fmt: skip
-        assert model._stacked_heads is not stack and model._stacked_heads.valid(list(model.estimators.values()))
+        heads = list(model.estimators.values())
+        assert model._stacked_heads is not stack and model._stacked_heads.valid(heads)
         fast.eval()
         reference = fast.batch_terms(_batch(seed=8))
         torch.testing.assert_close(terms.loss.float(), reference.loss, rtol=1e-5, atol=1e-4)

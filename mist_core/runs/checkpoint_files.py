@@ -1,6 +1,7 @@
-"""Checkpoints of a run: the file formats (model state as safetensors, optimizer state loaded
-with ``weights_only=True`` only, a JSON with sizes and sha256s, ``latest.json``) and the
-checkpoint half of :class:`~mist_core.runs.Run`."""
+"""The files of a run's checkpoints: model state as safetensors, optimizer state loaded with
+``weights_only=True`` only, a JSON with sizes and sha256s, ``latest.json``; and the checkpoint
+half of :class:`~mist_core.runs.Run`. What mist puts in a checkpoint (its ``extra`` keys, old
+runs' migrations) is :mod:`mist_core.checkpoints`."""
 
 from __future__ import annotations
 

@@ -1,0 +1,66 @@
+"""The MI tables the pages show: typed per-pair estimates in, readable DataFrames out.
+
+A run's ``summary.json`` keeps its MI rows as JSON; they become
+:class:`~mist_core.results.PairEstimate` here, once, and every table or chart is drawn from
+those. The numbers are mist_core's; this module only names and rounds them for the eye.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from mist_core.results import PairEstimate, to_frame
+from mist_core.runs import RunInfo
+
+from . import labels
+
+__all__ = ["csv_bytes", "readable", "run_estimates", "side_by_side"]
+
+#: Decimals shown in the tables (a standard error is rarely below 0.01 nats).
+DECIMALS = 3
+
+
+def run_estimates(info: RunInfo) -> list[PairEstimate]:
+    """A finished run's MI, one estimate per (encoder, landmark), in the summary's order
+    (the rows' shape was checked when the store read summary.json)."""
+    assert info.summary is not None
+    return [PairEstimate.from_dict(row) for row in info.summary["mi"]]
+
+
+def readable(estimates: Sequence[PairEstimate]) -> pd.DataFrame:
+    """The table under a run's bar chart: Network, Landmark, MI (nats), ± std. error."""
+    frame = to_frame(estimates)
+    return pd.DataFrame(
+        {
+            "Network": frame["encoder"].map(labels.encoder),
+            "Landmark": frame["landmark"].map(labels.landmark),
+            "MI (nats)": frame["mi"].round(DECIMALS),
+            "± std. error": frame["std_error"].round(DECIMALS),
+        }
+    )
+
+
+def csv_bytes(estimates: Sequence[PairEstimate]) -> bytes:
+    """The run's MI for a download: columns encoder, landmark, mi, std_error (nats)."""
+    return to_frame(estimates).to_csv(index=False).encode()
+
+
+def side_by_side(
+    first: Sequence[PairEstimate], second: Sequence[PairEstimate], name_a: str, name_b: str
+) -> pd.DataFrame:
+    """Two runs' MI per (encoder, landmark), a pair measured by only one of them included,
+    with the difference B - A in nats."""
+    merged = to_frame(first).merge(
+        to_frame(second), on=["encoder", "landmark"], suffixes=(" A", " B"), how="outer"
+    )
+    return pd.DataFrame(
+        {
+            "Network": merged["encoder"].map(labels.encoder),
+            "Landmark": merged["landmark"].map(labels.landmark),
+            f"A: {name_a}": merged["mi A"].round(DECIMALS),
+            f"B: {name_b}": merged["mi B"].round(DECIMALS),
+            "B - A (nats)": (merged["mi B"] - merged["mi A"]).round(DECIMALS),
+        }
+    )
