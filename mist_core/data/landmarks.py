@@ -17,9 +17,10 @@ LANDMARKS: tuple[str, ...] = ("left_eye", "right_eye", "nose", "left_mouth", "ri
 
 CELEBA_HEIGHT: int = 218
 CELEBA_WIDTH: int = 178
+#: ``(height, width)`` of an aligned CelebA image.
 CELEBA_SIZE: tuple[int, int] = (CELEBA_HEIGHT, CELEBA_WIDTH)
-"""(height, width) of an aligned CelebA image."""
 
+#: Mean ``(x, y)`` of the five landmarks in aligned CelebA, in ``LANDMARKS`` order.
 CELEBA_LANDMARKS: dict[str, tuple[float, float]] = {
     "left_eye": (69.0, 111.2),
     "right_eye": (107.6, 111.5),
@@ -27,7 +28,6 @@ CELEBA_LANDMARKS: dict[str, tuple[float, float]] = {
     "left_mouth": (71.5, 152.1),
     "right_mouth": (105.4, 152.3),
 }
-"""Mean ``(x, y)`` of the five landmarks in aligned CelebA, in ``LANDMARKS`` order."""
 
+#: ``(x, y)`` where aligned CelebA puts the point between the eyes: the drawn faces' anchor.
 CELEBA_EYE_MIDPOINT: tuple[float, float] = (88.5, 111.5)
-"""``(x, y)`` where aligned CelebA puts the point between the eyes: the drawn faces' anchor."""
