@@ -500,12 +500,18 @@ def build_encoder(
 
 @dataclass(frozen=True)
 class EncoderAvailability:
-    """Whether an encoder can be built here; if not, why (``reason``) and the fix."""
+    """Whether an encoder can be built here; if not, why and the fix.
+
+    ``missing`` names what is missing in a few words (e.g. ``"ImageNet weights not found"``,
+    one line for every encoder missing the same thing), ``reason`` adds where it was looked
+    for and ``how_to_enable`` says what to do; all three are ``""`` when available.
+    """
 
     name: str
     available: bool
-    reason: str  # "" when available
-    how_to_enable: str  # "" when available
+    reason: str
+    how_to_enable: str
+    missing: str = ""
 
 
 def encoder_availability(spec: EncoderSpec) -> EncoderAvailability:
@@ -516,22 +522,26 @@ def encoder_availability(spec: EncoderSpec) -> EncoderAvailability:
         path = imagenet_weights_path(spec.architecture)
         if path.is_file():
             return EncoderAvailability(spec.name, True, "", "")
+        missing = "ImageNet weights not found"
         return EncoderAvailability(
             spec.name,
             False,
-            f"ImageNet weights not found at {path}",
+            f"{missing} at {path}",
             _how_to_get_imagenet_weights(spec.architecture, path),
+            missing,
         )
     path = Path(str(spec.weights_path)).expanduser()
     if path.is_file():
         return EncoderAvailability(spec.name, True, "", "")
+    missing = "weights file not found"
     return EncoderAvailability(
         spec.name,
         False,
-        f"weights file not found at {path}",
+        f"{missing} at {path}",
         f"Place a {spec.architecture} state-dict file (.pth/.pt saved with "
         f"torch.save(model.state_dict(), path), or .safetensors) at {path}, or point "
         "weights_path at an existing one.",
+        missing,
     )
 
 

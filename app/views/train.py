@@ -123,9 +123,9 @@ with st.container(border=True):
                     value=False,
                     disabled=True,
                     key=f"encoder_{choice.name}",
-                    help=f"Not available: {choice.reason.split('. ')[0]}.",
+                    help=f"Not available: {choice.reason}.",
                 )
-                missing_how[choice.reason.split(" at ")[0].split(". ")[0]] = choice.how_to_enable
+                missing_how[choice.missing] = choice.how_to_enable
         if missing_how:
             with st.expander("Why are some networks greyed out?"):
                 for reason, how in missing_how.items():

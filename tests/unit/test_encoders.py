@@ -182,6 +182,7 @@ def test_list_encoders_without_imagenet_weights(torch_home: Path) -> None:
         entry = report[name]
         assert not entry.available
         assert entry.reason == f"ImageNet weights not found at {expected}"
+        assert entry.missing == "ImageNet weights not found", "the words without the path"
         assert str(expected) in entry.how_to_enable
         assert "weights='DEFAULT'" in entry.how_to_enable
     with pytest.raises(WeightsNotFoundError):
@@ -289,6 +290,7 @@ def test_missing_file_raises(tmp_path: Path) -> None:
     entry = encoder_availability(spec)
     assert not entry.available
     assert str(tmp_path / "nope.pth") in entry.reason
+    assert entry.missing == "weights file not found" and str(tmp_path) not in entry.missing
     assert entry.how_to_enable
 
 
