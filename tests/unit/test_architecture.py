@@ -46,7 +46,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # 3: the landmark experiment
     ("mist_core.experiment",),
     # 4: what uses an experiment
-    ("mist_core.checkpoints", "mist_core.posterior", "mist_core.resources"),
+    (
+        "mist_core.checkpoints",
+        "mist_core.posterior",
+        "mist_core.calibration",
+        "mist_core.resources",
+    ),
     # 5: running it
     ("mist_core.jobs", "mist_core.cli", "mist_core.__main__"),
 )
