@@ -10,6 +10,11 @@ density exceeds the density at the truth (:func:`hpd_rank`). The truth lies insi
 alpha-region exactly when its rank is below alpha, so the coverage at every level comes
 from the ranks of the test faces (:func:`coverage`), each with its binomial standard error.
 Under calibration the ranks are uniform on [0, 1].
+
+:func:`evaluate_calibration` measures it for a trained experiment over its test faces, on
+the same pixel grids the Posteriors page draws, for the marginal q(landmark) and each
+encoder's q(landmark | representation); with the mean negative log-density of the truth and
+the median distance from the most likely pixel to the truth.
 """
 
 from __future__ import annotations
@@ -19,8 +24,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-__all__ = ["LEVELS", "Coverage", "coverage", "hpd_rank"]
+from mist_core.experiment import LandmarkExperiment
+from mist_core.posterior import encode, landmark_maps
+
+__all__ = [
+    "LEVELS",
+    "Calibration",
+    "Coverage",
+    "coverage",
+    "evaluate_calibration",
+    "hpd_rank",
+]
 
 #: The nominal levels a calibration table reports.
 LEVELS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -90,4 +106,84 @@ def coverage(
             raise ValueError(f"coverage levels must lie in (0, 1), got {level}")
         observed = float(np.mean(values < level))
         out.append(Coverage(level, observed, math.sqrt(level * (1.0 - level) / n), n))
+    return out
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How one density's posterior regions did over ``n`` faces.
+
+    ``encoder`` is ``None`` for the marginal q(landmark). ``nll`` is the mean of
+    ``-log q(truth)`` (nats, per pixel of area); ``median_distance`` the median distance in
+    pixels from the most likely pixel centre to the truth; ``ranks`` the faces' HPD ranks.
+    """
+
+    encoder: str | None
+    landmark: str
+    coverage: tuple[Coverage, ...]
+    nll: float
+    median_distance: float
+    ranks: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.ranks)
+
+
+def evaluate_calibration(
+    experiment: LandmarkExperiment,
+    split: str = "test",
+    *,
+    levels: Sequence[float] = LEVELS,
+    max_faces: int | None = None,
+) -> list[Calibration]:
+    """The calibration of every density of a trained experiment over a split's faces.
+
+    Each face is encoded once at its own resolution (218 x 178), and every landmark's maps
+    are drawn over its pixel grid as the Posteriors page draws them
+    (:func:`mist_core.posterior.landmark_maps`).
+
+    Returns:
+        One :class:`Calibration` per landmark and density: the marginal first, then the
+        encoders, in the config's order.
+    """
+    faces = experiment.source_images(split)
+    n = len(faces) if max_faces is None else min(max_faces, len(faces))
+    if n < 1:
+        raise ValueError(f"the {split!r} split has no faces to evaluate")
+    names = list(experiment.config.encoders)
+    found: dict[tuple[str | None, str], list[tuple[float, float, float]]] = {}
+    model = experiment.model
+    was_training = model.training
+    model.eval()
+    try:
+        for index in range(n):
+            item = faces[index]
+            image = item["image"]
+            features = encode(experiment, image, names)
+            for landmark in experiment.config.landmarks:
+                truth = torch.as_tensor(item[landmark], dtype=torch.float32)
+                size = (int(image.shape[-2]), int(image.shape[-1]))
+                for m in landmark_maps(experiment, features, landmark, size, truth, ()):
+                    assert m.log_prob_at_truth is not None
+                    distance = math.dist(m.mode, (float(truth[0]), float(truth[1])))
+                    found.setdefault((m.encoder, landmark), []).append(
+                        (hpd_rank(m.log_prob, m.log_prob_at_truth), -m.log_prob_at_truth, distance)
+                    )
+    finally:
+        model.train(was_training)
+    out = []
+    for landmark in experiment.config.landmarks:
+        for encoder in [None, *names]:
+            rows = np.array(found[(encoder, landmark)])
+            out.append(
+                Calibration(
+                    encoder=encoder,
+                    landmark=landmark,
+                    coverage=tuple(coverage(rows[:, 0], levels)),
+                    nll=float(rows[:, 1].mean()),
+                    median_distance=float(np.median(rows[:, 2])),
+                    ranks=tuple(float(r) for r in rows[:, 0]),
+                )
+            )
     return out

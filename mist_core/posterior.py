@@ -21,7 +21,14 @@ from torch import Tensor
 
 from mist_core.experiment import LandmarkExperiment
 
-__all__ = ["PosteriorMap", "hpd_thresholds", "pixel_grid", "posterior_maps"]
+__all__ = [
+    "PosteriorMap",
+    "encode",
+    "hpd_thresholds",
+    "landmark_maps",
+    "pixel_grid",
+    "posterior_maps",
+]
 
 
 def pixel_grid(height: int, width: int) -> Tensor:
@@ -128,38 +135,51 @@ def posterior_maps(
     was_training = model.training
     model.eval()
     try:
-        device = next(model.parameters()).device
+        features = encode(experiment, image, names)
         height, width = image.shape[-2:]
-        grid = pixel_grid(height, width).to(device)
-        point = (
-            None if truth is None else torch.as_tensor(truth, dtype=torch.float32, device=device)
-        )
-        # only the encoders asked for (model.transform would run every one of them)
-        batch = image.unsqueeze(0).to(device)
-        features = {name: model.transforms[name](batch) for name in names}
-        estimators = experiment.pair_estimators.estimators
-        # q(landmark) is shared by the encoders' estimators: any pair of the landmark has it
-        q_landmark = estimators[f"{experiment.config.encoders[0]};{landmark}"].q_Y
-        marginal_at_truth = None if point is None else float(q_landmark.log_prob(point))
-        maps = [
-            _map(landmark, None, q_landmark.log_prob(grid), None, point, marginal_at_truth, masses)
-        ]
-        for name in names:
-            conditional = estimators[f"{name};{landmark}"].q_Y_given_X.condition(features[name][0])
-            maps.append(
-                _map(
-                    landmark,
-                    name,
-                    conditional.log_prob(grid),
-                    conditional,
-                    point,
-                    marginal_at_truth,
-                    masses,
-                )
-            )
-        return maps
+        return landmark_maps(experiment, features, landmark, (height, width), truth, masses)
     finally:
         model.train(was_training)
+
+
+@torch.no_grad()
+def encode(
+    experiment: LandmarkExperiment, image: Tensor, names: Sequence[str]
+) -> dict[str, Tensor]:
+    """``{encoder: [D]}``: the representation of one ``[3, H, W]`` image by each encoder in
+    ``names`` (only those: the model's transform would run every encoder). The model should
+    be in eval mode."""
+    device = next(experiment.model.parameters()).device
+    batch = image.unsqueeze(0).to(device)
+    return {name: experiment.model.transforms[name](batch)[0] for name in names}
+
+
+@torch.no_grad()
+def landmark_maps(
+    experiment: LandmarkExperiment,
+    features: Mapping[str, Tensor],
+    landmark: str,
+    size: tuple[int, int],
+    truth: Sequence[float] | Tensor | None = None,
+    masses: Sequence[float] = (0.5, 0.9),
+) -> list[PosteriorMap]:
+    """:func:`posterior_maps` from representations already computed (:func:`encode`):
+    the marginal's map, then one per encoder of ``features``, over a ``size = (H, W)`` grid."""
+    device = next(experiment.model.parameters()).device
+    grid = pixel_grid(*size).to(device)
+    point = None if truth is None else torch.as_tensor(truth, dtype=torch.float32, device=device)
+    estimators = experiment.pair_estimators.estimators
+    # q(landmark) is shared by the encoders' estimators: any pair of the landmark has it
+    q_landmark = estimators[f"{experiment.config.encoders[0]};{landmark}"].q_Y
+    marginal_at_truth = None if point is None else float(q_landmark.log_prob(point))
+    maps = [
+        _map(landmark, None, q_landmark.log_prob(grid), None, point, marginal_at_truth, masses)
+    ]
+    for name, feature in features.items():
+        conditional = estimators[f"{name};{landmark}"].q_Y_given_X.condition(feature)
+        log_prob = conditional.log_prob(grid)
+        maps.append(_map(landmark, name, log_prob, conditional, point, marginal_at_truth, masses))
+    return maps
 
 
 def _map(

@@ -81,3 +81,48 @@ def test_rank_bounds_and_errors():
         coverage([])
     with pytest.raises(ValueError, match=r"levels must lie in \(0, 1\)"):
         coverage([0.2], levels=(1.0,))
+
+
+def test_an_experiment_is_evaluated_face_by_face_on_the_pages_grids():
+    import torch
+
+    from mist_core.calibration import evaluate_calibration
+    from mist_core.experiment import LandmarkExperiment, preset
+    from mist_core.posterior import posterior_maps
+
+    config = preset(
+        "demo-cpu",
+        train_size=4,
+        test_size=5,
+        image_size=(32, 32),
+        encoders=("random_init",),
+        landmarks=("nose", "left_eye"),
+        preload=False,
+    )
+    experiment = LandmarkExperiment(config)
+    results = evaluate_calibration(experiment, levels=(0.5, 0.9), max_faces=3)
+    assert [(r.landmark, r.encoder) for r in results] == [
+        ("nose", None),
+        ("nose", "random_init"),
+        ("left_eye", None),
+        ("left_eye", "random_init"),
+    ]
+    faces = experiment.source_images("test")
+    for result in results:
+        assert result.n == 3 and [c.level for c in result.coverage] == [0.5, 0.9]
+        assert all(0.0 <= r <= 1.0 for r in result.ranks)
+        # the same numbers as the page's maps, face by face
+        expected_nll, expected_ranks = [], []
+        for index in range(3):
+            item = faces[index]
+            maps = posterior_maps(
+                experiment, item["image"], result.landmark, truth=item[result.landmark]
+            )
+            (m,) = [m for m in maps if m.encoder == result.encoder]
+            expected_nll.append(-m.log_prob_at_truth)
+            expected_ranks.append(hpd_rank(m.log_prob, m.log_prob_at_truth))
+        assert result.nll == pytest.approx(float(np.mean(expected_nll)), rel=1e-6)
+        assert result.ranks == pytest.approx(expected_ranks, abs=1e-9)
+        observed = [float(np.mean(np.array(expected_ranks) < c.level)) for c in result.coverage]
+        assert [c.observed for c in result.coverage] == observed
+    assert torch.is_grad_enabled() and experiment.model.training
