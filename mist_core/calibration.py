@@ -15,6 +15,13 @@ Under calibration the ranks are uniform on [0, 1].
 the same pixel grids the Posteriors page draws, for the marginal q(landmark) and each
 encoder's q(landmark | representation); with the mean negative log-density of the truth and
 the median distance from the most likely pixel to the truth.
+
+Where the regions are not calibrated, :class:`Recalibration` corrects them from the ranks of
+faces held out for validation (:func:`fit_recalibration`): to draw a region that holds the
+truth a fraction alpha of the time, draw the HPD region of mass :meth:`Recalibration.mass`
+(alpha) instead (a conformal adjustment: with n validation faces exchangeable with the
+test faces, the coverage is at least alpha and above it by at most about 1 / n). The
+densities, and the MI estimated from them, are unchanged.
 """
 
 from __future__ import annotations
@@ -25,16 +32,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset, Subset
 
 from mist_core.experiment import LandmarkExperiment
+from mist_core.experiment.data import train_valid_indices
 from mist_core.posterior import encode, landmark_maps
 
 __all__ = [
     "LEVELS",
     "Calibration",
     "Coverage",
+    "Recalibration",
     "coverage",
     "evaluate_calibration",
+    "fit_recalibration",
     "hpd_rank",
 ]
 
@@ -82,13 +93,16 @@ class Coverage:
 
 
 def coverage(
-    ranks: Sequence[float] | np.ndarray, levels: Sequence[float] = LEVELS
+    ranks: Sequence[float] | np.ndarray,
+    levels: Sequence[float] = LEVELS,
+    recalibration: Recalibration | None = None,
 ) -> list[Coverage]:
     """The observed coverage at each nominal level, from the HPD ranks of ``n`` faces.
 
     The truth is inside the ``level`` region when its rank is below ``level`` (as the
-    region of :func:`mist_core.posterior.hpd_thresholds` is drawn). The
-    standard error is that of a binomial fraction, ``sqrt(p (1 - p) / n)`` at the nominal
+    region of :func:`mist_core.posterior.hpd_thresholds` is drawn), or below
+    ``recalibration.mass(level)`` when the regions are drawn recalibrated. The standard
+    error is that of a binomial fraction, ``sqrt(p (1 - p) / n)`` at the nominal
     ``p = level`` (the spread the observed fraction has when the regions are calibrated).
 
     Raises:
@@ -104,9 +118,41 @@ def coverage(
     for level in levels:
         if not 0.0 < level < 1.0:
             raise ValueError(f"coverage levels must lie in (0, 1), got {level}")
-        observed = float(np.mean(values < level))
+        mass = level if recalibration is None else recalibration.mass(level)
+        observed = float(np.mean(values < mass))
         out.append(Coverage(level, observed, math.sqrt(level * (1.0 - level) / n), n))
     return out
+
+
+@dataclass(frozen=True)
+class Recalibration:
+    """The HPD masses to draw so that the regions hold the truth as often as they say,
+    fitted on the sorted HPD ranks of validation faces (:func:`fit_recalibration`)."""
+
+    ranks: tuple[float, ...]
+
+    def mass(self, level: float) -> float:
+        """The mass of the HPD region to draw for a region that holds the truth a fraction
+        ``level`` of the time: just above the ``ceil((n + 1) level)``-th smallest validation
+        rank (1, the whole grid, when there are too few faces for that level)."""
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"levels must lie in (0, 1), got {level}")
+        k = math.ceil((len(self.ranks) + 1) * level)
+        if k > len(self.ranks):
+            return 1.0
+        return min(1.0, float(np.nextafter(self.ranks[k - 1], 2.0)))
+
+
+def fit_recalibration(ranks: Sequence[float] | np.ndarray) -> Recalibration:
+    """A :class:`Recalibration` from the HPD ranks of validation faces (never test faces).
+
+    Raises:
+        ValueError: no ranks, or a rank outside [0, 1].
+    """
+    values = np.asarray(ranks, dtype=np.float64).ravel()
+    if values.size == 0 or np.any(~np.isfinite(values)) or values.min() < 0 or values.max() > 1:
+        raise ValueError("fit_recalibration needs HPD ranks in [0, 1] of at least one face")
+    return Recalibration(tuple(float(r) for r in np.sort(values)))
 
 
 @dataclass(frozen=True)
@@ -139,15 +185,16 @@ def evaluate_calibration(
 ) -> list[Calibration]:
     """The calibration of every density of a trained experiment over a split's faces.
 
-    Each face is encoded once at its own resolution (218 x 178), and every landmark's maps
-    are drawn over its pixel grid as the Posteriors page draws them
-    (:func:`mist_core.posterior.landmark_maps`).
+    ``split`` is ``"test"``, ``"train"`` or ``"valid"`` (the training faces the experiment
+    holds out for validation: where a :class:`Recalibration` is fitted). Each face is
+    encoded once at its own resolution (218 x 178), and every landmark's maps are drawn over
+    its pixel grid as the Posteriors page draws them (:func:`mist_core.posterior.landmark_maps`).
 
     Returns:
         One :class:`Calibration` per landmark and density: the marginal first, then the
         encoders, in the config's order.
     """
-    faces = experiment.source_images(split)
+    faces = _faces(experiment, split)
     n = len(faces) if max_faces is None else min(max_faces, len(faces))
     if n < 1:
         raise ValueError(f"the {split!r} split has no faces to evaluate")
@@ -172,8 +219,29 @@ def evaluate_calibration(
                     )
     finally:
         model.train(was_training)
+    return _summaries(found, experiment.config.landmarks, names, levels)
+
+
+def _faces(experiment: LandmarkExperiment, split: str) -> Dataset:
+    if split != "valid":
+        return experiment.source_images(split)
+    config = experiment.config
+    train = experiment.source_images("train")
+    n = len(train)  # type: ignore[arg-type]
+    valid = train_valid_indices(n, config.valid_fraction, config.seed)[1]
+    if not valid:
+        raise ValueError("this experiment holds no faces out for validation (valid_fraction=0)")
+    return Subset(train, valid)
+
+
+def _summaries(
+    found: dict[tuple[str | None, str], list[tuple[float, float, float]]],
+    landmarks: Sequence[str],
+    names: Sequence[str],
+    levels: Sequence[float],
+) -> list[Calibration]:
     out = []
-    for landmark in experiment.config.landmarks:
+    for landmark in landmarks:
         for encoder in [None, *names]:
             rows = np.array(found[(encoder, landmark)])
             out.append(

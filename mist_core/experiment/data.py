@@ -23,7 +23,7 @@ from mist_core.data.stopping import check_stop
 from mist_core.data.synthetic_faces import SyntheticFaces
 from mist_core.experiment.config import ExperimentConfig
 
-__all__ = ["build_datasets", "images_fingerprint", "source_images"]
+__all__ = ["build_datasets", "images_fingerprint", "source_images", "train_valid_indices"]
 
 #: Added to the seed of the drawn test faces: a seed stream of its own, so that no image is
 #: in both splits.
@@ -43,6 +43,14 @@ def source_images(config: ExperimentConfig, split: str) -> Dataset:
     assert c.celeba_root is not None
     size = c.train_size if split == "train" else c.test_size
     return _take(CelebALandmarks(c.celeba_root, split=split), size, c.seed)
+
+
+def train_valid_indices(n: int, valid_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """The training and validation indices of ``n`` training images, fixed by the seed
+    (``round(n * valid_fraction)`` of them validate), each sorted."""
+    n_valid = int(round(n * valid_fraction))
+    order = seeded_permutation(n, seed)
+    return sorted(order[n_valid:].tolist()), sorted(order[:n_valid].tolist())
 
 
 def build_datasets(

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from mist_core import distributed
-from mist_core._rng import seeded, seeded_permutation
+from mist_core._rng import seeded
 from mist_core.data.features import FeatureCache, WithFeatures, module_fingerprint
 from mist_core.data.landmarks import LANDMARKS
 from mist_core.devices import resolve_device
@@ -36,6 +36,7 @@ from mist_core.experiment.data import (
     build_datasets,
     images_fingerprint,
     source_images,
+    train_valid_indices,
 )
 from mist_core.freeze import is_frozen
 from mist_core.precision import resolve_precision
@@ -251,9 +252,7 @@ class LandmarkExperiment:
     def _split_indices(self) -> tuple[list[int], list[int]]:
         """Training and validation indices of the training images (fixed by the seed)."""
         n = len(self.datasets()["train"])  # type: ignore[arg-type]
-        n_valid = int(round(n * self.config.valid_fraction))
-        order = seeded_permutation(n, self.config.seed)
-        return sorted(order[n_valid:].tolist()), sorted(order[:n_valid].tolist())
+        return train_valid_indices(n, self.config.valid_fraction, self.config.seed)
 
     def loader(self, split: str, shuffle: bool | None = None) -> DataLoader:
         """Batches of ``"train"``, ``"valid"`` (part of the training images, see

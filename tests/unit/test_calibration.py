@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from mist_core.calibration import LEVELS, coverage, hpd_rank
 from mist_core.posterior import hpd_thresholds
@@ -84,8 +85,6 @@ def test_rank_bounds_and_errors():
 
 
 def test_an_experiment_is_evaluated_face_by_face_on_the_pages_grids():
-    import torch
-
     from mist_core.calibration import evaluate_calibration
     from mist_core.experiment import LandmarkExperiment, preset
     from mist_core.posterior import posterior_maps
@@ -126,3 +125,62 @@ def test_an_experiment_is_evaluated_face_by_face_on_the_pages_grids():
         observed = [float(np.mean(np.array(expected_ranks) < c.level)) for c in result.coverage]
         assert [c.observed for c in result.coverage] == observed
     assert torch.is_grad_enabled() and experiment.model.training
+
+
+def test_recalibration_on_validation_ranks_restores_the_coverage_of_fresh_faces():
+    from mist_core.calibration import fit_recalibration
+
+    for scale in (0.7, 1.4):  # too narrow, too wide
+        recalibration = fit_recalibration(_ranks(1500, seed=10, density_scale=scale))
+        fresh = _ranks(2000, seed=11, density_scale=scale)
+        before = coverage(fresh, levels=(0.5, 0.9))
+        after = coverage(fresh, levels=(0.5, 0.9), recalibration=recalibration)
+        for b, a in zip(before, after, strict=True):
+            assert abs(b.gap) > 5 * b.std_error, "the density is miscalibrated to start with"
+            # the validation ranks' own spread adds to the fresh faces': allow both
+            assert abs(a.gap) < 4 * a.std_error * math.sqrt(1 + 2000 / 1500), (scale, a)
+
+
+def test_recalibration_masses():
+    from mist_core.calibration import Recalibration, fit_recalibration
+
+    recalibration = fit_recalibration([0.9, 0.1, 0.5, 0.3])
+    assert recalibration.ranks == (0.1, 0.3, 0.5, 0.9)
+    masses = [recalibration.mass(level) for level in (0.2, 0.4, 0.6, 0.8)]
+    assert masses == sorted(masses) and masses[0] > 0.1 and masses[0] == pytest.approx(0.1)
+    assert recalibration.mass(0.95) == 1.0, "too few faces for that level: the whole grid"
+    # every validation rank below mass(level) for the ceil((n + 1) level) smallest ones
+    assert sum(r < recalibration.mass(0.6) for r in recalibration.ranks) == 3
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        Recalibration((0.5,)).mass(1.0)
+    with pytest.raises(ValueError, match="at least one face"):
+        fit_recalibration([])
+
+
+def test_validation_faces_are_the_training_faces_held_out():
+    from mist_core.calibration import evaluate_calibration
+    from mist_core.experiment import LandmarkExperiment, preset
+    from mist_core.experiment.data import train_valid_indices
+
+    config = preset(
+        "demo-cpu",
+        train_size=6,
+        test_size=2,
+        valid_fraction=0.4,
+        image_size=(32, 32),
+        encoders=("random_init",),
+        landmarks=("nose",),
+        preload=False,
+    )
+    experiment = LandmarkExperiment(config)
+    held_out = train_valid_indices(6, 0.4, config.seed)[1]
+    assert len(held_out) == 2
+    (marginal, _) = evaluate_calibration(experiment, "valid", levels=(0.5,))
+    train = experiment.source_images("train")
+    q = experiment.pair_estimators.estimators["random_init;nose"].q_Y
+    with torch.no_grad():
+        expected = [-float(q.log_prob(train[i]["nose"])) for i in held_out]
+    assert marginal.n == 2 and marginal.nll == pytest.approx(float(np.mean(expected)), rel=1e-6)
+    no_valid = LandmarkExperiment(config.replace(valid_fraction=0.0))
+    with pytest.raises(ValueError, match="valid_fraction=0"):
+        evaluate_calibration(no_valid, "valid")
