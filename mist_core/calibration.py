@@ -92,6 +92,15 @@ class Coverage:
         return self.observed - self.level
 
 
+def _checked_ranks(ranks: Sequence[float] | np.ndarray) -> np.ndarray:
+    values = np.asarray(ranks, dtype=np.float64).ravel()
+    if values.size == 0:
+        raise ValueError("no HPD ranks: evaluate at least one face")
+    if np.any(~np.isfinite(values)) or values.min() < 0.0 or values.max() > 1.0:
+        raise ValueError("HPD ranks must lie in [0, 1] (see hpd_rank)")
+    return values
+
+
 def coverage(
     ranks: Sequence[float] | np.ndarray,
     levels: Sequence[float] = LEVELS,
@@ -108,11 +117,7 @@ def coverage(
     Raises:
         ValueError: no ranks, a rank outside [0, 1], or a level outside (0, 1).
     """
-    values = np.asarray(ranks, dtype=np.float64).ravel()
-    if values.size == 0:
-        raise ValueError("no HPD ranks: evaluate at least one face")
-    if np.any(~np.isfinite(values)) or values.min() < 0.0 or values.max() > 1.0:
-        raise ValueError("HPD ranks must lie in [0, 1] (see hpd_rank)")
+    values = _checked_ranks(ranks)
     n = int(values.size)
     out = []
     for level in levels:
@@ -149,10 +154,7 @@ def fit_recalibration(ranks: Sequence[float] | np.ndarray) -> Recalibration:
     Raises:
         ValueError: no ranks, or a rank outside [0, 1].
     """
-    values = np.asarray(ranks, dtype=np.float64).ravel()
-    if values.size == 0 or np.any(~np.isfinite(values)) or values.min() < 0 or values.max() > 1:
-        raise ValueError("fit_recalibration needs HPD ranks in [0, 1] of at least one face")
-    return Recalibration(tuple(float(r) for r in np.sort(values)))
+    return Recalibration(tuple(float(r) for r in np.sort(_checked_ranks(ranks))))
 
 
 @dataclass(frozen=True)
@@ -207,10 +209,10 @@ def evaluate_calibration(
         for index in range(n):
             item = faces[index]
             image = item["image"]
+            size = (int(image.shape[-2]), int(image.shape[-1]))
             features = encode(experiment, image, names)
             for landmark in experiment.config.landmarks:
                 truth = torch.as_tensor(item[landmark], dtype=torch.float32)
-                size = (int(image.shape[-2]), int(image.shape[-1]))
                 for m in landmark_maps(experiment, features, landmark, size, truth, ()):
                     assert m.log_prob_at_truth is not None
                     distance = math.dist(m.mode, (float(truth[0]), float(truth[1])))

@@ -50,6 +50,8 @@ def hpd_thresholds(
     The grid's probabilities are normalised to sum to one over the image (mass outside the
     image is ignored), one pixel being one unit of area.
     """
+    if not masses:
+        return {}
     flat = np.sort(log_prob.ravel())[::-1]
     probs = np.exp(flat - flat.max())
     cumulative = np.cumsum(probs) / probs.sum()
