@@ -1,6 +1,6 @@
 """Do the posterior regions hold the truth as often as they claim? One run's calibration.
 
-    python -m bench.calibration RUN [--runs-dir runs] [--faces 300] [--checkpoint latest]
+    python -m bench.calibration RUN [--runs-dir runs] [--faces 300] [--valid-faces 1200]
 
 Loads the run's checkpoint, draws every test face's posterior maps over its pixel grid as
 the Posteriors page does, and prints, per landmark and density (the marginal q(landmark),
@@ -21,65 +21,57 @@ Train a run to measure, e.g. the demo preset from the CLI::
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
-import numpy as np
 import torch
 
-from mist_core.calibration import (
-    Calibration,
-    Recalibration,
-    coverage,
-    evaluate_calibration,
-    fit_recalibration,
-)
+from bench.machine import cpu_model
+from mist_core.calibration import CalibrationReport, Coverage, calibrate
 from mist_core.checkpoints import load_experiment, run_store
 
 
-def _cell(result: Calibration, level: float, recalibration: Recalibration | None = None) -> str:
-    (c,) = coverage(result.ranks, (level,), recalibration)
+def _cell(c: Coverage) -> str:
     return f"{100 * c.observed:.1f}% ± {100 * c.std_error:.1f}"
 
 
-def _print_recalibrated(results: list[Calibration], fitted: dict) -> None:
-    print("After recalibration on the validation faces (test faces, regions drawn at the")
-    print("recalibrated masses):")
-    print("| landmark | density | validation faces | in 50% region | in 90% region |")
-    print("|---|---|---:|---:|---:|")
-    for r in results:
-        rec = fitted[(r.encoder, r.landmark)]
-        name = r.encoder or "q(landmark), no image"
+def _print(report: CalibrationReport, recalibrated: bool) -> None:
+    at = {lv: k for k, lv in enumerate(report.levels)}
+    if recalibrated:
+        print("After recalibration on the validation faces (test faces, regions drawn at the")
+        print("recalibrated masses):")
+        print("| landmark | density | validation faces | in 50% region | in 90% region |")
+        print("|---|---|---:|---:|---:|")
+    else:
         print(
-            f"| {r.landmark} | {name} | {len(rec.ranks)} | {_cell(r, 0.5, rec)} "
-            f"| {_cell(r, 0.9, rec)} |"
+            "| landmark | density | faces | in 50% region | in 90% region | NLL (nats) "
+            "| median distance (px) |"
         )
-
-
-def _print(results: list[Calibration]) -> None:
-    print(
-        "| landmark | density | faces | in 50% region | in 90% region | NLL (nats) "
-        "| median distance (px) |"
-    )
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for r in results:
+        print("|---|---|---:|---:|---:|---:|---:|")
+    for r in report.rows:
         name = r.encoder or "q(landmark), no image"
-        print(
-            f"| {r.landmark} | {name} | {r.n} | {_cell(r, 0.5)} | {_cell(r, 0.9)} "
-            f"| {r.nll:.2f} | {r.median_distance:.1f} |"
-        )
+        table = r.recalibrated if recalibrated else r.coverage
+        if table is None:
+            continue
+        cells = f"{_cell(table[at[0.5]])} | {_cell(table[at[0.9]])}"
+        if recalibrated:
+            assert r.recalibration is not None
+            print(f"| {r.landmark} | {name} | {r.recalibration.faces} | {cells} |")
+        else:
+            print(
+                f"| {r.landmark} | {name} | {r.faces} | {cells} | {r.nll:.2f} "
+                f"| {r.median_distance:.1f} |"
+            )
     print()
     print("Pooled over the landmarks:")
     print("| density | faces x landmarks | in 50% region | in 90% region |")
     print("|---|---:|---:|---:|")
-    for encoder in dict.fromkeys(r.encoder for r in results):
-        ranks = np.concatenate([r.ranks for r in results if r.encoder == encoder])
-        pooled = {c.level: c for c in coverage(ranks, (0.5, 0.9))}
-        cells = [
-            f"{100 * pooled[lv].observed:.1f}% ± {100 * pooled[lv].std_error:.1f}"
-            for lv in (0.5, 0.9)
-        ]
-        print(f"| {encoder or 'q(landmark), no image'} | {len(ranks)} | {cells[0]} | {cells[1]} |")
+    for encoder in dict.fromkeys(r.encoder for r in report.rows):
+        pooled = report.pooled(encoder, recalibrated)
+        if pooled is None:
+            continue
+        cells = f"{_cell(pooled[at[0.5]])} | {_cell(pooled[at[0.9]])}"
+        print(f"| {encoder or 'q(landmark), no image'} | {pooled[0].n} | {cells} |")
+    print()
 
 
 def main() -> None:
@@ -87,6 +79,9 @@ def main() -> None:
     parser.add_argument("run", help="a run's name (or folder)")
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--faces", type=int, default=300, help="test faces to evaluate")
+    parser.add_argument(
+        "--valid-faces", type=int, default=1200, help="validation faces for the recalibration"
+    )
     parser.add_argument("--checkpoint", default="latest")
     parser.add_argument(
         "--no-recalibrate", dest="recalibrate", action="store_false", help="skip the fit"
@@ -97,21 +92,23 @@ def main() -> None:
     experiment = load_experiment(run, args.checkpoint)
     config = experiment.config
     print(
-        f"`python -m bench.calibration {args.run} --faces {args.faces}`: {platform.machine()}, "
+        f"`python -m bench.calibration {args.run} --faces {args.faces} --valid-faces "
+        f"{args.valid_faces}`: {cpu_model()}, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads); run {run.name}: "
         f"{config.dataset}, {config.train_size} training and {config.test_size} test faces, "
         f"{config.epochs} epochs, encoders {', '.join(config.encoders)}."
     )
     start = time.perf_counter()
-    results = evaluate_calibration(experiment, max_faces=args.faces, levels=(0.5, 0.9))
-    print(f"test faces evaluated in {time.perf_counter() - start:.0f} s\n")
-    _print(results)
+    report = calibrate(
+        experiment,
+        faces=args.faces,
+        valid_faces=args.valid_faces if args.recalibrate else 0,
+        levels=(0.5, 0.9),
+    )
+    print(f"evaluated in {time.perf_counter() - start:.0f} s\n")
+    _print(report, recalibrated=False)
     if args.recalibrate:
-        start = time.perf_counter()
-        valid = evaluate_calibration(experiment, "valid", levels=(0.5, 0.9))
-        print(f"\nvalidation faces evaluated in {time.perf_counter() - start:.0f} s\n")
-        fitted = {(v.encoder, v.landmark): fit_recalibration(v.ranks) for v in valid}
-        _print_recalibrated(results, fitted)
+        _print(report, recalibrated=True)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import socket
 import statistics
 import time
@@ -35,6 +34,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
+from bench.machine import cpu_model
 from mist_core import distributed
 from mist_core.estimators import BatchTerms, MultiMIEstimator
 from mist_core.experiment import instantiate_estimators
@@ -168,17 +168,6 @@ def _worker(rank: int, port: int, args: argparse.Namespace, out: dict) -> None:
         dist.destroy_process_group()
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workload", choices=("heads", "tiny"), default="heads")
@@ -192,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         port = s.getsockname()[1]
     out = mp.Manager().dict()
     mp.spawn(_worker, args=(port, args, out), nprocs=2, join=True)
-    print(f"{_cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, gloo, "
+    print(f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, gloo, "
           f"2 processes x 1 thread")  # fmt: skip
     print(f"workload {args.workload}, batch {args.batch} ({args.batch // 2} a rank), "
           f"{args.steps} Adam steps a round")  # fmt: skip

@@ -39,6 +39,7 @@ import pandas as pd
 import torch
 
 from mist_core import distributed
+from mist_core.calibration import CalibrationReport, calibrate
 from mist_core.checkpoints import restore_checkpoint, run_store
 from mist_core.experiment import PRESETS, ExperimentConfig, LandmarkExperiment, preset
 from mist_core.jobs import DeviceBusyError, Job, JobRegistry, QueueFullError
@@ -218,8 +219,54 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"cannot evaluate run {run.name!r}: {error}") from error
     experiment.model.eval()
     print(f"run {run.name}, checkpoint of step {restored.step}")
-    print(format_table(experiment.evaluate(args.split)))
+    print(format_table(experiment.evaluate(args.split)), flush=True)
+    if args.calibration_faces == 0:
+        return 0
+    report = calibrate(
+        experiment,
+        faces=args.calibration_faces,
+        valid_faces=args.valid_faces,
+        progress=_calibration_progress,
+    )
+    print(format_calibration(report))
+    if args.save:
+        _save_calibration(run, report)
     return 0
+
+
+def _calibration_progress(split: str, done: int, total: int) -> None:
+    faces = "validation" if split == "valid" else "test"
+    line = f"checking the posterior regions: {faces} face {done}/{total}"
+    if sys.stderr.isatty():  # one line, redrawn
+        print(f"\r{line}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+    elif done == total:
+        print(line, file=sys.stderr, flush=True)
+
+
+def format_calibration(report: CalibrationReport) -> str:
+    """How often the 50% and 90% regions held the truth, per landmark and density, as text."""
+    lines = [
+        f"How often the posterior regions held the true position ({report.split} faces; "
+        "'recalibrated': drawn at the masses fitted on the validation faces)"
+    ]
+    frame = report.to_frame()
+    lines.append(frame.to_string(index=False))
+    return "\n".join(lines)
+
+
+def _save_calibration(run: Run, report: CalibrationReport) -> None:
+    """Write the report into the run's summary (the pages read it), under its writer lock."""
+    writer = run.acquire_writer()
+    try:
+        summary = run.summary()
+        if summary is None:
+            raise ValueError(
+                f"run {run.name!r} has no summary.json (it never finished): nothing to add to"
+            )
+        run.write_summary({**summary, "calibration": report.to_dict()})
+    finally:
+        writer.release()
+    print(f"saved into {run.summary_path}")
 
 
 def _when(created: float | None) -> str:
@@ -308,6 +355,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="print a run's MI table")
     evaluate.add_argument("run", help="a run name or a run folder (runs/NAME)")
     evaluate.add_argument("--split", default="test", choices=["test", "train"])
+    evaluate.add_argument(
+        "--calibration-faces",
+        type=int,
+        default=300,
+        metavar="N",
+        help="test faces on which to check the posterior regions (0: skip; about 0.2 s a face)",
+    )
+    evaluate.add_argument(
+        "--valid-faces",
+        type=int,
+        default=1200,
+        metavar="N",
+        help="validation faces that fit the regions' recalibration (0: none)",
+    )
+    evaluate.add_argument(
+        "--save", action="store_true", help="store the calibration in the run's summary.json"
+    )
     evaluate.add_argument("--run-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     evaluate.set_defaults(func=_evaluate)
 

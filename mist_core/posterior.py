@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from mist_core.experiment import LandmarkExperiment
 
 __all__ = [
     "PosteriorMap",
+    "RegionMasses",
     "encode",
     "hpd_thresholds",
     "landmark_maps",
@@ -57,11 +59,18 @@ def hpd_thresholds(
     cumulative = np.cumsum(probs) / probs.sum()
     out = {}
     for mass in masses:
-        if not 0.0 < mass < 1.0:
-            raise ValueError(f"credible masses must lie in (0, 1), got {mass}")
+        if not 0.0 < mass <= 1.0:
+            raise ValueError(f"credible masses must lie in (0, 1], got {mass}")
         index = min(int(np.searchsorted(cumulative, mass)), len(flat) - 1)
         out[mass] = float(flat[index])
     return out
+
+
+class RegionMasses(Protocol):
+    """What draws a region at a nominal level: the HPD mass to draw for it (a
+    :class:`mist_core.calibration.Recalibration`)."""
+
+    def mass(self, level: float) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,9 @@ class PosteriorMap:
 
     ``encoder`` is ``None`` for the marginal q(landmark). ``pointwise_mi`` is
     ``log q(y*|x) - log q(y*)`` at the true position ``y*`` (nats; ``None`` for the marginal).
-    ``mass_in_image`` is the probability that falls inside the image.
+    ``mass_in_image`` is the probability that falls inside the image. ``levels`` maps each
+    nominal level to its region's log-density threshold; ``drawn_masses`` maps it to the
+    HPD mass drawn for it: the level itself, or a recalibrated mass (``recalibrated``).
     """
 
     landmark: str
@@ -82,6 +93,21 @@ class PosteriorMap:
     pointwise_mi: float | None
     mode: tuple[float, float]
     mass_in_image: float
+    drawn_masses: Mapping[float, float] = field(default_factory=dict)
+    recalibrated: bool = False
+
+    def holds_truth(self, level: float) -> bool | None:
+        """Whether the true position lies inside the region drawn for the nominal ``level``
+        (``log q(y*) >= levels[level]``); ``None`` when the truth is not known.
+
+        Raises:
+            KeyError: ``level`` is not one of :attr:`levels`.
+        """
+        if level not in self.levels:
+            raise KeyError(f"no region was drawn at level {level}; drawn: {sorted(self.levels)}")
+        if self.log_prob_at_truth is None:
+            return None
+        return self.log_prob_at_truth >= self.levels[level]
 
 
 @torch.no_grad()
@@ -93,6 +119,7 @@ def posterior_maps(
     truth: Sequence[float] | Tensor | None = None,
     encoders: Sequence[str] | None = None,
     masses: Sequence[float] = (0.5, 0.9),
+    recalibration: Mapping[str | None, RegionMasses] | None = None,
 ) -> list[PosteriorMap]:
     """The marginal and each encoder's posterior for ``landmark`` over ``image``.
 
@@ -103,6 +130,9 @@ def posterior_maps(
         landmark: one of the experiment's landmarks.
         truth: the true ``(x, y)`` when known, for the marker and the pointwise MI.
         encoders: a subset of the experiment's encoders (default: all).
+        masses: the nominal levels of the regions to draw.
+        recalibration: per density, the masses that draw those regions recalibrated
+            (see :func:`landmark_maps`).
 
     Returns:
         The marginal's map (``encoder=None``) first, then one per encoder, each
@@ -139,7 +169,9 @@ def posterior_maps(
     try:
         features = encode(experiment, image, names)
         height, width = image.shape[-2:]
-        return landmark_maps(experiment, features, landmark, (height, width), truth, masses)
+        return landmark_maps(
+            experiment, features, landmark, (height, width), truth, masses, recalibration
+        )
     finally:
         model.train(was_training)
 
@@ -164,9 +196,15 @@ def landmark_maps(
     size: tuple[int, int],
     truth: Sequence[float] | Tensor | None = None,
     masses: Sequence[float] = (0.5, 0.9),
+    recalibration: Mapping[str | None, RegionMasses] | None = None,
 ) -> list[PosteriorMap]:
     """:func:`posterior_maps` from representations already computed (:func:`encode`):
-    the marginal's map, then one per encoder of ``features``, over a ``size = (H, W)`` grid."""
+    the marginal's map, then one per encoder of ``features``, over a ``size = (H, W)`` grid.
+
+    ``recalibration``: per density (encoder name, ``None`` for the marginal), what draws
+    its regions at recalibrated masses (from ``mist_core.calibration.CalibrationReport.
+    recalibrations(landmark)``); densities without one are drawn at the nominal masses."""
+    fits = recalibration or {}
     device = next(experiment.model.parameters()).device
     grid = pixel_grid(*size).to(device)
     point = None if truth is None else torch.as_tensor(truth, dtype=torch.float32, device=device)
@@ -174,13 +212,15 @@ def landmark_maps(
     # q(landmark) is shared by the encoders' estimators: any pair of the landmark has it
     q_landmark = estimators[f"{experiment.config.encoders[0]};{landmark}"].q_Y
     marginal_at_truth = None if point is None else float(q_landmark.log_prob(point))
-    maps = [
-        _map(landmark, None, q_landmark.log_prob(grid), None, point, marginal_at_truth, masses)
-    ]
+    log_prob = q_landmark.log_prob(grid)
+    maps = [_map(landmark, None, log_prob, None, point, marginal_at_truth, masses, fits.get(None))]
     for name, feature in features.items():
         conditional = estimators[f"{name};{landmark}"].q_Y_given_X.condition(feature)
         log_prob = conditional.log_prob(grid)
-        maps.append(_map(landmark, name, log_prob, conditional, point, marginal_at_truth, masses))
+        fit = fits.get(name)
+        maps.append(
+            _map(landmark, name, log_prob, conditional, point, marginal_at_truth, masses, fit)
+        )
     return maps
 
 
@@ -192,8 +232,11 @@ def _map(
     point: Tensor | None,
     marginal_at_truth: float | None,
     masses: Sequence[float],
+    fit: RegionMasses | None,
 ) -> PosteriorMap:
     grid = log_prob.float().cpu().numpy()
+    drawn = {level: level if fit is None else fit.mass(level) for level in masses}
+    thresholds = hpd_thresholds(grid, list(dict.fromkeys(drawn.values())))
     i, j = np.unravel_index(int(np.argmax(grid)), grid.shape)
     at_truth = pointwise = None
     if point is not None and distribution is None:  # the marginal itself
@@ -205,10 +248,12 @@ def _map(
         landmark=landmark,
         encoder=encoder,
         log_prob=grid,
-        levels=hpd_thresholds(grid, masses),
+        levels={level: thresholds[mass] for level, mass in drawn.items()},
         truth=None if point is None else (float(point[0]), float(point[1])),
         log_prob_at_truth=at_truth,
         pointwise_mi=pointwise,
         mode=(j + 0.5, i + 0.5),
         mass_in_image=float(np.exp(grid).sum()),
+        drawn_masses=drawn,
+        recalibrated=fit is not None,
     )

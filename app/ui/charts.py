@@ -17,6 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from PIL import Image
 
+from mist_core.calibration import Coverage
 from mist_core.posterior import PosteriorMap
 from mist_core.results import PairEstimate, parse_pair_name
 
@@ -29,6 +30,7 @@ __all__ = [
     "MAX_SHOWN_SIDE",
     "REGION_COLOURS",
     "PairCurve",
+    "calibration_chart",
     "crop_outline",
     "image_figure",
     "landmarks_on_photo",
@@ -164,6 +166,82 @@ def mi_bars(
         yaxis_title="MI (nats)",
         legend=dict(orientation="h", yanchor="top", y=-0.15),
         height=420,
+    )
+
+
+#: The no-image density q(landmark) in the calibration chart: greyed, dotted.
+MARGINAL_COLOUR = "#b8b8b8"
+
+
+def calibration_chart(
+    curves: Mapping[str | None, Sequence[Coverage]],
+    *,
+    title: str = "Do the regions hold the truth as often as they say?",
+    height_px: int = 460,
+) -> go.Figure:
+    """Observed against nominal coverage, one line per density (``None``: the marginal,
+    greyed), the diagonal as "perfect" and a grey band of ± 2 standard errors around it (where
+    a calibrated line falls 19 times in 20 on that many faces); the levels drawn on the
+    Posteriors page (50%, 90%) are marked in their contour colours."""
+    fig = go.Figure()
+    first = next((rows for rows in curves.values() if rows), None)
+    if first is not None:
+        xs = [100 * c.level for c in first]
+        upper = [min(100.0, 100 * (c.level + 2 * c.std_error)) for c in first]
+        lower = [max(0.0, 100 * (c.level - 2 * c.std_error)) for c in first]
+        fig.add_trace(
+            go.Scatter(
+                x=[*xs, *xs[::-1]],
+                y=[*upper, *lower[::-1]],
+                mode="lines",
+                fill="toself",
+                fillcolor="rgba(0, 0, 0, 0.08)",
+                line=dict(width=0, color="rgba(0, 0, 0, 0)"),
+                name="chance (± 2 s.e.)",
+                hoverinfo="skip",
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=[0, 100],
+            y=[0, 100],
+            mode="lines",
+            line=dict(color="black", dash="dash", width=1),
+            name="perfect",
+            hoverinfo="skip",
+        )
+    )
+    for level, colour in REGION_COLOURS.items():
+        fig.add_vline(x=100 * level, line=dict(color=colour, width=4), opacity=0.8, layer="below")
+    for encoder, rows in curves.items():
+        if not rows:
+            continue
+        marginal = encoder is None
+        name = "Average face (no picture)" if marginal else labels.encoder_short(encoder)
+        fig.add_trace(
+            go.Scatter(
+                x=[100 * c.level for c in rows],
+                y=[100 * c.observed for c in rows],
+                mode="lines+markers",
+                name=name,
+                line=dict(
+                    color=MARGINAL_COLOUR if marginal else ENCODER_COLOURS.get(encoder),
+                    dash="dot" if marginal else "solid",
+                    width=2 if marginal else 3,
+                ),
+                marker=dict(size=6 if marginal else 8),
+                hovertemplate=f"{name}: the %{{x:.0f}}% region held the truth "
+                "%{y:.1f}% of the time<extra></extra>",
+            )
+        )
+    axis = dict(range=[0, 100], dtick=10, ticksuffix="%", constrain="domain")
+    fig.update_xaxes(title="the region should hold the true position", **axis)
+    fig.update_yaxes(title="it held it (test faces)", **axis)
+    return _layout(
+        fig,
+        title=title,
+        legend=dict(orientation="h", yanchor="top", y=-0.2),
+        height=height_px,
     )
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import streamlit as st
 import torch
 
-from mist_core.posterior import PosteriorMap, posterior_maps
+from mist_core.posterior import PosteriorMap, RegionMasses, posterior_maps
 
 from . import charts, labels, state
 
@@ -37,14 +38,22 @@ def maps_for(
     landmark: str,
     truth: tuple[float, float] | None,
     encoders: tuple[str, ...] | None = None,
+    *,
+    recalibration: Mapping[str | None, RegionMasses] | None = None,
 ) -> tuple[list[PosteriorMap], float]:
     """The marginal's and each encoder's map for one image (cached by ``key``, the image's
-    hash), and the seconds it took."""
+    hash), and the seconds it took; ``recalibration`` (per density, from the run's
+    calibration report) draws the regions recalibrated."""
     experiment = state.load_experiment(run_name, step)
     with _LOCK, torch.inference_mode():
         started = time.perf_counter()
         maps = posterior_maps(
-            experiment, image_tensor(_image), landmark, truth=truth, encoders=encoders
+            experiment,
+            image_tensor(_image),
+            landmark,
+            truth=truth,
+            encoders=encoders,
+            recalibration=recalibration,
         )
         return maps, time.perf_counter() - started
 
@@ -57,9 +66,11 @@ def show_maps(
     key: str,
     per_row: int = 4,
     zoom: bool = False,
+    notes: Mapping[str | None, Sequence[str]] | None = None,
 ) -> None:
-    """One figure per map (the marginal first), with the pointwise MI under each; ``zoom``
-    shows a 64-pixel square around the true position (else the average face's best guess)."""
+    """One figure per map (the marginal first), with the pointwise MI under each and the
+    lines of ``notes`` for its density (encoder, ``None``: the marginal); ``zoom`` shows a
+    64-pixel square around the true position (else the average face's best guess)."""
     per_row = max(2, min(per_row, len(maps)))
     window = None
     if zoom and maps:
@@ -94,6 +105,8 @@ def show_maps(
                     st.caption("q(landmark | its representation of this face)")
                 else:
                     st.caption(f"Most likely at ({pmap.mode[0]:.0f}, {pmap.mode[1]:.0f}) px.")
+                for line in (notes or {}).get(pmap.encoder, ()):
+                    st.caption(line)
 
 
 def view_controls(landmarks, where_landmark, where_style, prefix: str) -> tuple[str, str, bool]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import streamlit as st
-from ui import posteriors, state
+from ui import calibration, posteriors, state
 
 st.title("Posteriors")
 st.markdown(
@@ -13,7 +13,8 @@ st.markdown(
     "its representation alone. The bright lines enclose the most likely region holding "
     "**50%** (cyan) and **90%** (yellow) of the probability; the green cross is the true "
     "position, the white dot the network's best guess. Smaller regions around the cross "
-    "mean the network knows more."
+    "mean the network knows more. Under each picture: whether the cross lies inside the "
+    "regions on this face, and how often they held it over all the test faces."
 )
 
 runs = state.runs_with_checkpoint()
@@ -39,6 +40,18 @@ def _uint8(image) -> np.ndarray:
 
 left, middle, right = st.columns([2, 2, 3])
 landmark, style, zoom = posteriors.view_controls(config.landmarks, left, middle, prefix="post")
+found = calibration.run_calibration(info)
+fits = found.report.recalibrations(landmark) if found.report is not None else {}
+recalibrate = middle.toggle(
+    "Recalibrated regions",
+    value=bool(fits),
+    key="post_recalibrated",
+    disabled=not fits,
+    help="On: each region's size is corrected on faces held out of training, so that it "
+    "holds the truth as often as it says. Off: the regions as the networks draw them."
+    if fits
+    else "This run has no recalibration: the regions are drawn as the networks draw them.",
+)
 if st.session_state.get("post_index", 0) >= len(images):  # another run has fewer faces
     st.session_state["post_index"] = 0
 index = right.number_input(
@@ -61,8 +74,29 @@ with st.expander("Pick a face from the gallery", expanded=True):
 item = images[int(index)]
 image = _uint8(item["image"])
 truth = tuple(float(v) for v in item[landmark])
-maps, seconds = posteriors.maps_for(info.name, step, f"test-{index}", image, landmark, truth, None)
-posteriors.show_maps(image, maps, style=style, key="post", zoom=zoom)
+drawn = fits if recalibrate and fits else None
+maps, seconds = posteriors.maps_for(
+    info.name, step, f"test-{index}", image, landmark, truth, None, recalibration=drawn
+)
+if found.report is None:
+    st.info(found.note)
+elif drawn:
+    st.caption(
+        f"Regions recalibrated on {calibration.recalibrated_faces(drawn)} held-out faces so "
+        "that they hold the truth as often as they say; switch off **Recalibrated regions** "
+        "to see them as the networks draw them."
+    )
+else:
+    why = "switched off" if fits else "this run held no faces out to fit it"
+    st.caption(f"Regions as the networks draw them (recalibration {why}).")
+posteriors.show_maps(
+    image,
+    maps,
+    style=style,
+    key="post",
+    zoom=zoom,
+    notes=calibration.map_notes(maps, found.report, landmark),
+)
 st.caption(
     f"Face {index} of the test set, {image.shape[1]} x {image.shape[0]} pixels; "
     f"{len(maps)} densities evaluated at every pixel in {seconds:.2f} s."

@@ -1,11 +1,12 @@
-"""Results: the MI of a finished run per landmark and network; compare two runs."""
+"""Results: the MI of a finished run per landmark and network, how often its posterior
+regions hold the truth (calibration); compare two runs."""
 
 from __future__ import annotations
 
 import functools
 
 import streamlit as st
-from ui import charts, state, tables
+from ui import calibration, charts, labels, state, tables
 
 from mist_core.runs import RunInfo
 
@@ -45,13 +46,75 @@ if not runs:
     st.stop()
 
 
-def show_run(info: RunInfo, slot: str) -> None:
+#: The calibration chart's landmark choice that pools them all.
+POOLED = "all"
+
+
+def show_calibration(info: RunInfo, slot: str, wide: bool = True) -> None:
+    """The calibration chart of a run and a sentence per network (beside it when ``wide``,
+    else under it), or a note saying why there is none."""
+    found = calibration.run_calibration(info)
+    st.markdown(
+        "**Calibration: do the posterior regions hold the true position as often as they say?**"
+    )
+    if found.report is None:
+        st.info(found.note)
+        return
+    report = found.report
+    landmarks = list(dict.fromkeys(r.landmark for r in report.rows))
+    can_fix = any(r.recalibrated is not None for r in report.rows)
+    a, b = st.columns(2)
+    picked = a.selectbox(
+        "Landmark",
+        [POOLED, *landmarks],
+        format_func=lambda lm: "All landmarks (pooled)" if lm == POOLED else labels.landmark(lm),
+        key=f"calib_landmark_{slot}",
+    )
+    landmark = None if picked == POOLED else picked
+    fixed = b.toggle(
+        "Recalibrated regions",
+        key=f"calib_fixed_{slot}",
+        disabled=not can_fix,
+        help="As the Posteriors page draws them: each region's size corrected on faces "
+        "held out of training, so that it holds the truth as often as it says."
+        if can_fix
+        else "This run held no training faces out for validation (valid_fraction = 0), so "
+        "its regions could not be recalibrated.",
+    )
+    curves = {
+        encoder: calibration.curve(report, encoder, landmark, fixed and can_fix)
+        for encoder in calibration.densities(report)
+    }
+    where = "all landmarks" if landmark is None else labels.landmark(landmark)
+    how = "Recalibrated" if fixed and can_fix else "As drawn"
+    chart, words = st.columns(2, gap="medium") if wide else (st.container(), st.container())
+    chart.plotly_chart(
+        charts.calibration_chart(curves, title=f"{how} · {where}"),
+        key=f"calibration_{slot}",
+        width="stretch",
+    )
+    chart.caption(
+        "On the Posteriors page each network draws a cyan line around the region it "
+        "thinks holds the landmark with 50% chance, and a yellow one for 90%. An honest "
+        "line follows the dashed diagonal; below it the regions are too small "
+        "(overconfident), above it too wide. The grey band is where an honest line falls "
+        "19 times in 20 by chance on this many faces."
+    )
+    with words:
+        for sentence in calibration.sentences(report, landmark):
+            st.markdown(sentence)
+
+
+def show_run(info: RunInfo, slot: str, wide: bool = True) -> None:
+    """A run's MI bars, its calibration right under them, its table, downloads, settings
+    (``wide``: the page's whole width, else half of it)."""
     estimates = tables.run_estimates(info)
     st.plotly_chart(
         charts.mi_bars(estimates, title=f"{info.name}: what each network knows (nats)"),
         key=f"bars_{slot}",
         width="stretch",
     )
+    show_calibration(info, slot, wide)
     st.dataframe(tables.readable(estimates), hide_index=True, key=f"table_{slot}")
     a, b = st.columns(2)
     a.download_button(
@@ -88,9 +151,9 @@ if compare and len(runs) >= 2:
     second = st.selectbox("Second run", others, format_func=state.run_label, key="run_b")
     left, right = st.columns(2)
     with left:
-        show_run(first, "a")
+        show_run(first, "a", wide=False)
     with right:
-        show_run(second, "b")
+        show_run(second, "b", wide=False)
     st.subheader("Side by side")
     st.dataframe(
         tables.side_by_side(

@@ -1,10 +1,11 @@
 """Aligning a photo like aligned CelebA: a similarity transform onto a 178 x 218 image.
 
-``align_to_face(face)`` or ``manual_alignment(shape, zoom, offset)`` gives an ``Alignment``
-from photo coordinates to the aligned image (``CELEBA_SIZE``); ``Alignment.warp`` draws the
-aligned image, ``to_aligned``/``to_photo`` carry points both ways, so landmarks predicted on
-the aligned image can be drawn back on the photo. ``align_photo`` chains detection and
-alignment, falling back to the centred manual crop.
+``align_to_face(face)``, ``align_to_points(points)`` or ``manual_alignment(shape, zoom,
+offset)`` gives an ``Alignment`` from photo coordinates to the aligned image
+(``CELEBA_SIZE``); ``Alignment.warp`` draws the aligned image, ``to_aligned``/``to_photo``
+carry points both ways, so landmarks predicted on the aligned image can be drawn back on the
+photo. ``align_photo`` chains detection and alignment, falling back to the centred manual
+crop. ``fit_similarity`` is the least-squares similarity between two point sets.
 
 Coordinate convention (as everywhere in this project): points are ``(x, y)`` in pixels, x to
 the right and y downward; pixel (row ``i``, column ``j``) covers x in ``[j, j + 1)`` and y in
@@ -22,11 +23,19 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from mist_core.data.landmarks import CELEBA_LANDMARKS, CELEBA_SIZE
+from mist_core.data.landmarks import CELEBA_LANDMARKS, CELEBA_SIZE, LANDMARKS
 from mist_core.photos.decode import Photo, _as_image, _as_points
-from mist_core.photos.detect import _FACE_BOX_CENTRE, _FACE_BOX_WIDTH, Face, detect_face
+from mist_core.photos.detect import _FACE_BOX_CENTRE, _FACE_BOX_WIDTH, detect_face
+from mist_core.photos.face import Face
 
-__all__ = ["Alignment", "align_photo", "align_to_face", "manual_alignment"]
+__all__ = [
+    "Alignment",
+    "align_photo",
+    "align_to_face",
+    "align_to_points",
+    "fit_similarity",
+    "manual_alignment",
+]
 
 _BORDER_GREY = 127
 
@@ -42,7 +51,7 @@ class Alignment:
     Attributes:
         matrix: ``[2, 3] float64`` (read-only).
         size: ``(height, width)`` of the aligned image; ``CELEBA_SIZE`` by default.
-        method: ``"eyes"``, ``"face box"`` or ``"manual"``.
+        method: ``"five points"``, ``"eyes"``, ``"face box"`` or ``"manual"``.
     """
 
     matrix: np.ndarray
@@ -142,12 +151,90 @@ def _similarity(scale_cos: float, scale_sin: float, tx: float, ty: float) -> np.
     return np.array([[scale_cos, -scale_sin, tx], [scale_sin, scale_cos, ty]])
 
 
+def fit_similarity(source: np.ndarray | Sequence, target: np.ndarray | Sequence) -> np.ndarray:
+    r"""The similarity (rotation, uniform scale, shift; no reflection) that best maps
+    ``source`` onto ``target`` in the least-squares sense, as a ``[2, 3]`` matrix.
+
+    With points as complex numbers ``p_i = x_i + i y_i``, a similarity is ``q = a p + b``
+    (``|a|`` the scale, ``arg a`` the angle), and the least-squares ``a`` is a complex linear
+    regression on the centred points (Umeyama 1991, "Least-squares estimation of
+    transformation parameters between two point patterns", without its reflection case):
+
+    .. math:: a = \frac{\sum_i \overline{(p_i - \bar p)} (q_i - \bar q)}
+                     {\sum_i |p_i - \bar p|^2}, \qquad b = \bar q - a \bar p
+
+    Two points are mapped exactly; more are fitted.
+
+    Args:
+        source: ``[N, 2]`` points ``(x, y)``, N >= 2, not all the same.
+        target: ``[N, 2]``.
+
+    Returns:
+        ``[2, 3] float64``: ``target ~ source @ M[:, :2].T + M[:, 2]``.
+    """
+    p, q = _as_points(source), _as_points(target)
+    if p.ndim != 2 or p.shape != q.shape or len(p) < 2:
+        raise ValueError(
+            f"source and target must be [N, 2] with the same N >= 2, got {p.shape}, {q.shape}"
+        )
+    if not (np.all(np.isfinite(p)) and np.all(np.isfinite(q))):
+        raise ValueError("the points must be finite")
+    zp, zq = p[:, 0] + 1j * p[:, 1], q[:, 0] + 1j * q[:, 1]
+    cp, cq = zp - zp.mean(), zq - zq.mean()
+    spread = float(np.sum(np.abs(cp) ** 2))
+    if not spread > 1e-12:
+        raise ValueError("the source points all coincide: no scale or angle can be fitted")
+    a = complex(np.sum(np.conj(cp) * cq) / spread)
+    b = complex(zq.mean() - a * zp.mean())
+    return _similarity(a.real, a.imag, b.real, b.imag)
+
+
+_TEMPLATE = np.array([CELEBA_LANDMARKS[name] for name in LANDMARKS])
+
+
+def align_to_points(
+    points: np.ndarray | Sequence, image_shape: Sequence[int] | None = None
+) -> Alignment:
+    """The alignment putting five landmarks as close as they can be to aligned CelebA's.
+
+    The least-squares similarity (``fit_similarity``) from ``points`` to
+    ``CELEBA_LANDMARKS``: the eyes, the nose and the mouth corners all count, so a wrong
+    point moves the frame by a fifth of its error, not all of it (``method="five points"``).
+
+    Args:
+        points: ``[5, 2]`` photo points in the order of ``mist_core.data.LANDMARKS``
+            (image-left eye, image-right eye, nose tip, image-left and image-right mouth
+            corners), e.g. ``Face.points``.
+        image_shape: the photo's shape ``(H, W, ...)``, if known: checks the face is on it.
+
+    Raises:
+        ValueError: when there are not five points, they coincide, or (given
+            ``image_shape``) they all lie off the photo.
+    """
+    p = _as_points(points)
+    if p.shape != _TEMPLATE.shape:
+        raise ValueError(
+            f"points must be [5, 2], the landmarks {LANDMARKS} in that order, got {p.shape}"
+        )
+    if image_shape is not None:
+        height, width = int(image_shape[0]), int(image_shape[1])
+        inside = (p[:, 0] >= 0) & (p[:, 0] <= width) & (p[:, 1] >= 0) & (p[:, 1] <= height)
+        if not inside.any():
+            raise ValueError(
+                f"the five points {p.tolist()} all lie outside the photo of "
+                f"{width} x {height} pixels"
+            )
+    return Alignment(fit_similarity(p, _TEMPLATE), method="five points")
+
+
 def align_to_face(face: Face, image_shape: Sequence[int] | None = None) -> Alignment:
     """The alignment putting ``face`` where aligned CelebA has its faces.
 
-    With eyes: the similarity (rotation, uniform scale, shift) that puts the two eye centres
-    exactly on ``CELEBA_LANDMARKS``' eyes (``method="eyes"``). Without: the uniform scale and
-    shift that put the face box where a Haar face box falls in aligned CelebA
+    With five points (``Face.points``, from the five-point detector): the least-squares
+    similarity onto ``CELEBA_LANDMARKS`` (``align_to_points``, ``method="five points"``).
+    Else, with eyes: the similarity (rotation, uniform scale, shift) that puts the two eye
+    centres exactly on ``CELEBA_LANDMARKS``' eyes (``method="eyes"``). Else: the uniform
+    scale and shift that put the face box where a Haar face box falls in aligned CelebA
     (``method="face box"``; no rotation, so less precise).
 
     Args:
@@ -166,6 +253,11 @@ def align_to_face(face: Face, image_shape: Sequence[int] | None = None) -> Align
             raise ValueError(
                 f"the face box {face.box} lies outside the photo of {width} x {height} pixels"
             )
+    if face.points is not None:
+        try:
+            return align_to_points(face.points, image_shape)
+        except ValueError as error:
+            warnings.warn(f"{error}; aligning on the eyes instead", stacklevel=2)
     if face.eyes is not None:
         (lx, ly), (rx, ry) = face.eyes
         if math.dist((lx, ly), (rx, ry)) > 1e-6:

@@ -49,6 +49,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     (
         "mist_core.checkpoints",
         "mist_core.posterior",
+        "mist_core.reference",
         "mist_core.calibration",
         "mist_core.resources",
     ),

@@ -144,17 +144,106 @@ def test_recalibration_on_validation_ranks_restores_the_coverage_of_fresh_faces(
 def test_recalibration_masses():
     from mist_core.calibration import Recalibration, fit_recalibration
 
-    recalibration = fit_recalibration([0.9, 0.1, 0.5, 0.3])
-    assert recalibration.ranks == (0.1, 0.3, 0.5, 0.9)
+    ranks = [0.9, 0.1, 0.5, 0.3]
+    recalibration = fit_recalibration(ranks)
+    assert recalibration.faces == 4
     masses = [recalibration.mass(level) for level in (0.2, 0.4, 0.6, 0.8)]
     assert masses == sorted(masses) and masses[0] > 0.1 and masses[0] == pytest.approx(0.1)
     assert recalibration.mass(0.95) == 1.0, "too few faces for that level: the whole grid"
     # every validation rank below mass(level) for the ceil((n + 1) level) smallest ones
-    assert sum(r < recalibration.mass(0.6) for r in recalibration.ranks) == 3
+    assert sum(r < recalibration.mass(0.6) for r in ranks) == 3
+    # between the fitted levels the masses are interpolated
+    fit = Recalibration((0.2, 0.6), (0.3, 0.7), faces=10)
+    assert fit.mass(0.4) == pytest.approx(0.5) and fit.mass(0.1) == pytest.approx(0.15)
+    assert fit.mass(0.8) == pytest.approx(0.85)
+    assert Recalibration.from_dict(fit.to_dict()) == fit
     with pytest.raises(ValueError, match=r"\(0, 1\)"):
-        Recalibration((0.5,)).mass(1.0)
+        fit.mass(1.0)
+    with pytest.raises(ValueError, match="not decrease"):
+        Recalibration((0.2, 0.6), (0.7, 0.3), faces=10)
     with pytest.raises(ValueError, match="at least one face"):
         fit_recalibration([])
+
+
+def test_regions_are_drawn_at_the_recalibrated_masses():
+    """posterior.landmark_maps draws each density's regions at its own recalibrated masses,
+    keyed by the nominal level; the marginal without a fit stays at the nominal mass."""
+    from mist_core.calibration import Recalibration
+    from mist_core.experiment import LandmarkExperiment, preset
+    from mist_core.posterior import encode, hpd_thresholds, landmark_maps
+
+    experiment = LandmarkExperiment(
+        preset("demo-cpu", image_size=(32, 32), encoders=("random_init",), landmarks=("nose",))
+    )
+    experiment.model.eval()
+    image = torch.rand(3, 40, 32)
+    features = encode(experiment, image, ["random_init"])
+    fit = Recalibration((0.5, 0.9), (0.62, 0.97), faces=100)
+    marginal, conditional = landmark_maps(
+        experiment, features, "nose", (40, 32), None, (0.5, 0.9), {"random_init": fit}
+    )
+    assert not marginal.recalibrated and marginal.drawn_masses == {0.5: 0.5, 0.9: 0.9}
+    assert marginal.levels == hpd_thresholds(marginal.log_prob, (0.5, 0.9))
+    assert conditional.recalibrated and conditional.drawn_masses == {0.5: 0.62, 0.9: 0.97}
+    expected = hpd_thresholds(conditional.log_prob, (0.62, 0.97))
+    assert conditional.levels == {0.5: expected[0.62], 0.9: expected[0.97]}
+    # with a truth: inside the drawn region exactly when its HPD rank is below the drawn mass
+    for truth in ((16.0, 20.0), (3.0, 37.0), (30.5, 2.5)):
+        for m in landmark_maps(
+            experiment, features, "nose", (40, 32), truth, (0.5, 0.9), {"random_init": fit}
+        ):
+            rank = hpd_rank(m.log_prob, m.log_prob_at_truth)
+            for level, mass in m.drawn_masses.items():
+                assert m.holds_truth(level) == (rank < mass), (truth, level, rank, mass)
+    with pytest.raises(KeyError, match="drawn"):
+        m.holds_truth(0.7)
+    assert marginal.holds_truth(0.5) is None, "no truth given"
+    # a region of mass 1 is the whole grid
+    whole = Recalibration((0.5,), (1.0,), faces=1)
+    (_, c) = landmark_maps(
+        experiment, features, "nose", (40, 32), None, (0.5,), {"random_init": whole}
+    )
+    assert c.levels[0.5] == pytest.approx(float(c.log_prob.min()))
+
+
+def test_report_round_trips_through_json_and_pools_the_landmarks():
+    import json
+
+    from mist_core.calibration import (
+        CalibrationReport,
+        DensityCalibration,
+        fit_recalibration,
+    )
+
+    levels = (0.5, 0.9)
+    rows = []
+    for landmark, ranks in (("nose", _ranks(200, 1, 1.2)), ("left_eye", _ranks(100, 2, 0.8))):
+        fit = fit_recalibration(_ranks(300, 3, 0.9))
+        rows.append(
+            DensityCalibration(
+                encoder="trained",
+                landmark=landmark,
+                faces=len(ranks),
+                coverage=tuple(coverage(ranks, levels)),
+                nll=1.5,
+                median_distance=2.0,
+                recalibration=fit,
+                recalibrated=tuple(coverage(ranks, levels, fit)),
+            )
+        )
+    report = CalibrationReport(levels, "test", tuple(rows))
+    back = CalibrationReport.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert back == report
+    assert back.recalibrations("nose") == {"trained": rows[0].recalibration}
+    assert back.row("trained", "left_eye") == rows[1]
+    assert back.row(None, "nose") is None
+    pooled = back.pooled("trained")
+    assert pooled is not None and pooled[0].n == 300
+    expected = (rows[0].coverage[0].observed * 200 + rows[1].coverage[0].observed * 100) / 300
+    assert pooled[0].observed == pytest.approx(expected)
+    for bad in ({}, {"levels": [0.5], "split": "test", "rows": [{"encoder": 3}]}, [1, 2]):
+        with pytest.raises(ValueError, match="unreadable 'calibration'"):
+            CalibrationReport.from_dict(bad)
 
 
 def test_validation_faces_are_the_training_faces_held_out():

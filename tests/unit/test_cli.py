@@ -67,18 +67,38 @@ def test_train_list_and_evaluate(tmp_path, capsys):
     listed = capsys.readouterr().out
     assert "tiny" in listed and "finished" in listed
 
-    assert main(["--run-dir", str(tmp_path / "runs"), "evaluate", "tiny"]) == 0
+    assert main(["--run-dir", str(tmp_path / "runs"), "evaluate", "tiny", "--save"]) == 0
     evaluated = capsys.readouterr().out
-    # the reloaded checkpoint gives the very table the job printed
-    assert evaluated[evaluated.index("MI in nats") :] == table
+    # the reloaded checkpoint gives the very table the job printed, then the calibration
+    mi, calibration = evaluated[evaluated.index("MI in nats") :].split("How often", 1)
+    assert mi == table
+    *rows, saved = calibration.splitlines()[2:]
+    assert len(rows) == 2 * 3, "two landmarks x (the marginal and two encoders)"
+    assert saved.startswith("saved into") and saved.endswith("summary.json")
+    assert all(len(row.split()) >= 7 for row in rows)
+    # --save stored the same report in the summary the job wrote it to
+    from mist_core.calibration import CalibrationReport
+    from mist_core.runs import RunStore
+
+    saved = RunStore(tmp_path / "runs").open("tiny").summary()
+    report = CalibrationReport.from_dict(saved["calibration"])
+    assert report.row("trained", "nose").faces == 16 and saved["mi"]
 
     # a run folder's path, as tab completion gives it, from the folder above runs/
-    by_path = _cli(tmp_path, "evaluate", "runs/tiny/")
+    by_path = _cli(tmp_path, "evaluate", "runs/tiny/", "--calibration-faces", "0")
     assert by_path.returncode == 0, by_path.stderr
     assert by_path.stdout[by_path.stdout.index("MI in nats") :] == table
     # ... and with --run-dir left at its default, from anywhere
     elsewhere = subprocess.run(
-        [sys.executable, "-m", "mist_core", "evaluate", str(tmp_path / "runs" / "tiny")],
+        [
+            sys.executable,
+            "-m",
+            "mist_core",
+            "evaluate",
+            str(tmp_path / "runs" / "tiny"),
+            "--calibration-faces",
+            "0",
+        ],
         capture_output=True,
         text=True,
         timeout=300,

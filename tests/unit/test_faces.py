@@ -849,7 +849,7 @@ def synthetic_photos() -> list[tuple[np.ndarray, np.ndarray]]:
 def test_detects_synthetic_faces_and_aligns_them(synthetic_photos) -> None:
     template = np.array([CELEBA_LANDMARKS[name] for name in LANDMARKS])
     for image, points in synthetic_photos:
-        face = detect_face(image)
+        face = detect_face(image, detector="haar")  # the five-point detector: test_photo_points
         assert face is not None
         x, y, w, h = face.box
         assert x < points[:, 0].min() and points[:, 0].max() < x + w
@@ -871,7 +871,7 @@ def test_detects_synthetic_faces_and_aligns_them(synthetic_photos) -> None:
 def test_detection_on_a_photo_and_downscaled_input(synthetic_photos) -> None:
     image, points = synthetic_photos[0]
     photo = load_photo(_encode(Image.fromarray(image), "PNG"), max_side=500)
-    face = detect_face(photo)
+    face = detect_face(photo, detector="haar")
     assert face is not None and face.eyes is not None
     eyes_original = photo.to_original(np.array(face.eyes))
     inter_eye = np.linalg.norm(points[1] - points[0])

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from mist_core.calibration import CalibrationReport
 from mist_core.experiment import preset
 from mist_core.jobs import JobRegistry
 from mist_core.runs import RunStatus
@@ -53,6 +54,33 @@ def test_a_job_runs_to_the_end_and_writes_its_run(registry):
     assert summary["steps"] == 6 and len(summary["mi"]) == 2
     assert summary["environment"]["torch"]
     assert run.has_checkpoint()
+    # then how often the posterior regions hold the truth: no faces held out, no recalibration
+    report = CalibrationReport.from_dict(summary["calibration"])
+    assert [(r.encoder, r.landmark) for r in report.rows] == [
+        (None, "nose"),
+        ("random_init", "nose"),
+        ("trained", "nose"),
+    ]
+    assert all(r.faces == TINY["test_size"] and r.recalibration is None for r in report.rows)
+    assert snap.message == "finished"
+
+
+def test_a_stop_while_the_regions_are_checked_keeps_the_run_finished(registry, monkeypatch):
+    import mist_core.jobs.job as job_module
+
+    def calibrate(experiment, *, progress, **kwargs):
+        job.stop()
+        progress("test", 1, 5)  # the next face: the stop is seen
+        raise AssertionError("the stop was not seen")
+
+    monkeypatch.setattr(job_module, "calibrate", calibrate)
+    job = registry.submit(preset("demo-cpu", **TINY, epochs=1))
+    assert job.wait(120)
+    snap = job.snapshot()
+    assert snap.state is RunStatus.FINISHED, snap.error
+    assert "stopped before the posterior regions were checked" in snap.message
+    summary = registry.store.open(snap.run_name).summary()
+    assert len(summary["mi"]) == 2 and "calibration" not in summary
 
 
 def test_stop_takes_effect_within_a_step(registry):
