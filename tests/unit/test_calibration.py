@@ -273,3 +273,30 @@ def test_validation_faces_are_the_training_faces_held_out():
     no_valid = LandmarkExperiment(config.replace(valid_fraction=0.0))
     with pytest.raises(ValueError, match="valid_fraction=0"):
         evaluate_calibration(no_valid, "valid")
+
+
+def test_calibrate_fits_on_the_validation_faces_and_reports_the_test_faces():
+    from mist_core.calibration import calibrate, evaluate_calibration, fit_recalibration
+    from mist_core.experiment import LandmarkExperiment, preset
+
+    config = preset(
+        "demo-cpu",
+        train_size=10,
+        test_size=3,
+        valid_fraction=0.3,
+        image_size=(32, 32),
+        encoders=("random_init",),
+        landmarks=("nose",),
+        preload=False,
+    )
+    experiment = LandmarkExperiment(config)
+    seen = []
+    report = calibrate(experiment, progress=lambda split, done, total: seen.append(split))
+    assert seen.count("valid") == 3 + 1 and seen.count("test") == 3 + 1, "each face, then done"
+    valid = evaluate_calibration(experiment, "valid")
+    test = evaluate_calibration(experiment, "test")
+    for row, v, t in zip(report.rows, valid, test, strict=True):
+        assert row.recalibration == fit_recalibration(v.ranks), "fitted on the held-out faces"
+        assert row.faces == 3 and row.coverage == t.coverage
+        assert row.recalibrated == tuple(coverage(t.ranks, report.levels, row.recalibration))
+    assert all(r.recalibration is None for r in calibrate(experiment, valid_faces=0).rows)
