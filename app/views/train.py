@@ -157,7 +157,13 @@ with st.container(border=True):
             "Learning rate", 1e-6, 1.0, base.lr, format="%.5f", step=1e-4, disabled=busy
         )
         train_size = a.number_input(
-            "Training images", 16, 1_000_000, base.train_size or 162_770, disabled=busy
+            "Training images",
+            16,
+            1_000_000,
+            base.train_size or 162_770,
+            disabled=busy,
+            help=f"{base.valid_fraction:.0%} of them are held out of training: they give the "
+            "validation curves and recalibrate the posterior regions.",
         )
         test_size = b.number_input(
             "Test images", 16, 100_000, base.test_size or 19_962, disabled=busy
