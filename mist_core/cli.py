@@ -9,6 +9,10 @@ on a GPU server shows up in the dashboard's Results page and vice versa.
     python -m mist_core evaluate runs/20261128-093000-1a2b3c
     python -m mist_core list
 
+``evaluate`` prints the MI table of the run's last checkpoint on the test images, then how
+often its posterior regions held the true positions (the figures its job stored when it
+finished; ``--measure`` measures them again, ``--save`` also stores them: a few minutes).
+
 ``resume`` and ``evaluate`` take a run's name or its folder (``runs/NAME``, as tab completion
 gives it; a folder outside ``--run-dir`` is opened where it is). A mistake (an unknown config
 field, a value out of range, a run being trained by another process, a damaged run file)
@@ -222,6 +226,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(format_table(experiment.evaluate(args.split)), flush=True)
     if args.calibration_faces == 0:
         return 0
+    stored = None if args.measure or args.save else _stored_calibration(run)
+    if stored is not None:
+        print(format_calibration(stored))
+        print("(measured when the run finished; --measure measures it again)")
+        return 0
     report = calibrate(
         experiment,
         faces=args.calibration_faces,
@@ -232,6 +241,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.save:
         _save_calibration(run, report)
     return 0
+
+
+def _stored_calibration(run: Run) -> CalibrationReport | None:
+    """The calibration the run's job stored in its summary, or None (none, or unreadable:
+    then it is measured again)."""
+    try:
+        summary = run.summary()
+        return None if summary is None else CalibrationReport.from_dict(summary["calibration"])
+    except (KeyError, ValueError):  # RunFileError is a ValueError
+        return None
 
 
 def _calibration_progress(split: str, done: int, total: int) -> None:
@@ -360,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=300,
         metavar="N",
-        help="test faces on which to check the posterior regions (0: skip; about 0.2 s a face)",
+        help="test faces on which to check the posterior regions when measuring them (0: "
+        "print no calibration; about 0.2 s a face)",
     )
     evaluate.add_argument(
         "--valid-faces",
@@ -370,7 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="validation faces that fit the regions' recalibration (0: none)",
     )
     evaluate.add_argument(
-        "--save", action="store_true", help="store the calibration in the run's summary.json"
+        "--measure",
+        action="store_true",
+        help="measure the calibration again even when the run's summary holds one",
+    )
+    evaluate.add_argument(
+        "--save",
+        action="store_true",
+        help="measure the calibration and store it in the run's summary.json",
     )
     evaluate.add_argument("--run-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     evaluate.set_defaults(func=_evaluate)

@@ -67,6 +67,14 @@ def test_train_list_and_evaluate(tmp_path, capsys):
     listed = capsys.readouterr().out
     assert "tiny" in listed and "finished" in listed
 
+    # the calibration the job stored is printed as it is (measuring again takes minutes)
+    assert main(["--run-dir", str(tmp_path / "runs"), "evaluate", "tiny"]) == 0
+    stored = capsys.readouterr().out
+    assert stored.rstrip().endswith(
+        "(measured when the run finished; --measure measures it again)"
+    )
+    assert stored[stored.index("MI in nats") :].startswith(table)
+    # --save measures it again and stores it
     assert main(["--run-dir", str(tmp_path / "runs"), "evaluate", "tiny", "--save"]) == 0
     evaluated = capsys.readouterr().out
     # the reloaded checkpoint gives the very table the job printed, then the calibration
@@ -76,7 +84,7 @@ def test_train_list_and_evaluate(tmp_path, capsys):
     assert len(rows) == 2 * 3, "two landmarks x (the marginal and two encoders)"
     assert saved.startswith("saved into") and saved.endswith("summary.json")
     assert all(len(row.split()) >= 7 for row in rows)
-    # --save stored the same report in the summary the job wrote it to
+    # --save stored the report it printed in the summary the job wrote it to
     from mist_core.calibration import CalibrationReport
     from mist_core.runs import RunStore
 
