@@ -11,6 +11,7 @@ import shutil
 import time
 
 import pytest
+from playwright.sync_api import expect
 from test_e2e_app import EXCEPTION, LATEST, appear, assert_healthy, goto, set_number, wait_idle
 
 pytestmark = pytest.mark.e2e
@@ -45,7 +46,8 @@ def test_start_in_two_tabs_runs_one_job(page, server, screenshot):
         tab.get_by_text("Advanced settings").click()
         for label, value in LONG:
             set_number(tab, label, value)
-        assert tab.locator(".st-key-start button").is_enabled()
+        # (a rerun for the last setting may still be on its way: wait for it, not a bit more)
+        expect(tab.locator(".st-key-start button")).to_be_enabled(timeout=30_000)
     # As close together as two tabs can: both clicks dispatched before either page reruns.
     for tab in tabs:
         tab.locator(".st-key-start button").dispatch_event("click")
