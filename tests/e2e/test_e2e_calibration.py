@@ -14,34 +14,16 @@ import shutil
 from dataclasses import replace
 
 import pytest
+from test_e2e_app import EXCEPTION, PLOT, goto, wait_idle
 
 from mist_core.calibration import FIT_LEVELS, CalibrationReport, Coverage, Recalibration
 from mist_core.runs import RunStore
 
-EXCEPTION = '[data-testid="stException"]'
-PLOT = ".js-plotly-plot"
 CHART = ".st-key-calibration_a"
 #: The chart's lines: the band, the diagonal, the marginal and the tiny run's two networks.
 TRACES = 5
 
 pytestmark = pytest.mark.e2e
-
-
-def goto(page, url: str) -> None:
-    page.goto(url)
-    wait_idle(page)
-
-
-def wait_idle(page, timeout: float = 90_000) -> None:
-    """Until the app has drawn a title and no script run is in progress."""
-    page.locator("h1").first.wait_for(timeout=timeout)
-    page.wait_for_function(
-        """() => {
-            const s = document.querySelector('[data-testid="stStatusWidget"]');
-            return !s || !/running/i.test(s.innerText);
-        }""",
-        timeout=timeout,
-    )
 
 
 def watch_console(page) -> list[str]:
@@ -78,7 +60,7 @@ def wait_chart(page) -> None:
 
 def test_the_results_calibration_chart_renders(page, server, screenshot):
     console = watch_console(page)
-    goto(page, f"{server.url}/results")
+    goto(page, server, "results")
     wait_chart(page)
     assert page.locator(PLOT).count() >= 2  # the MI bars and the calibration chart
     assert page.locator(f"{CHART} svg.main-svg").count() >= 1
@@ -123,7 +105,7 @@ def test_a_recalibrated_run_on_results_and_posteriors(page, server, launch, scre
     run.write_summary({**summary, "calibration": report.to_dict()})  # a new file: atomic
 
     console = watch_console(page)
-    goto(page, f"{other.url}/results")
+    goto(page, other, "results")
     wait_chart(page)
     page.get_by_text(re.compile(r"\(after recalibration: \d+\.\d\)")).first.wait_for()
     page.locator(".st-key-calib_fixed_a").get_by_text("Recalibrated regions").click()
@@ -137,7 +119,7 @@ def test_a_recalibrated_run_on_results_and_posteriors(page, server, launch, scre
     screenshot(page, "21-results-calibration-recalibrated")
     assert_healthy(page, console)
 
-    goto(page, f"{other.url}/posteriors")
+    goto(page, other, "posteriors")
     page.wait_for_function("n => document.querySelectorAll('.js-plotly-plot').length >= n", arg=3)
     page.get_by_text(re.compile(r"Regions recalibrated on 12 held-out faces")).wait_for()
     truth = re.compile(r"^True position: (inside|outside) the 50% region")

@@ -12,11 +12,10 @@ import io
 
 import numpy as np
 import pytest
+from test_e2e_app import assert_healthy, goto, wait_idle
 
 from mist_core.photos import five_point_detector_available
 
-EXCEPTION = '[data-testid="stException"]'
-PLOT = ".js-plotly-plot"
 REFERENCE = "Face detector's points (reference)"
 SENTENCE = "from where the face detector finds it"
 NETWORKS = ("Random init", "Trained from scratch")  # the tiny run's two encoders
@@ -27,28 +26,6 @@ pytestmark = [
         not five_point_detector_available(), reason="yuface has wheels for Linux and Windows only"
     ),
 ]
-
-
-def goto(page, server, path: str = "") -> None:
-    page.goto(f"{server.url}/{path}")
-    wait_idle(page)
-
-
-def wait_idle(page, timeout: float = 90_000) -> None:
-    """Until the app has drawn a title and no script run is in progress."""
-    page.locator("h1").first.wait_for(timeout=timeout)
-    page.wait_for_function(
-        """() => {
-            const s = document.querySelector('[data-testid="stStatusWidget"]');
-            return !s || !/running/i.test(s.innerText);
-        }""",
-        timeout=timeout,
-    )
-
-
-def assert_healthy(page) -> None:
-    assert page.locator(EXCEPTION).count() == 0, page.locator(EXCEPTION).first.inner_text()
-    assert not page.js_errors, page.js_errors
 
 
 def _reference_traces(page) -> list[dict]:
