@@ -55,6 +55,7 @@ from mist_core.resources import (
     estimate_resources,
 )
 from mist_core.training import (
+    AutoConfig,
     EstimateResult,
     Progress,
     estimate_mi,
@@ -69,6 +70,7 @@ __all__ = [
     "LANDMARKS",
     "PRESETS",
     "REPRESENTATIONS",
+    "AutoConfig",
     "BA",
     "CLUB",
     "ESTIMATORS",

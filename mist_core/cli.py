@@ -1,4 +1,5 @@
-"""Headless training and evaluation: ``python -m mist_core {train,resume,evaluate,list}``.
+"""Headless training and evaluation:
+``python -m mist_core {train,resume,evaluate,list,estimate}``.
 
 The CLI drives the same job engine and run directories as the dashboard, so a run trained
 on a GPU server shows up in the dashboard's Results page and vice versa.
@@ -8,10 +9,20 @@ on a GPU server shows up in the dashboard's Results page and vice versa.
     python -m mist_core resume 20261128-093000-1a2b3c
     python -m mist_core evaluate runs/20261128-093000-1a2b3c
     python -m mist_core list
+    python -m mist_core estimate samples.npz --estimator auto
+    python -m mist_core estimate x.npy y.npy --json
 
 ``evaluate`` prints the MI table of the run's last checkpoint on the test images, then how
 often its posterior regions held the true positions (the figures its job stored when it
 finished; ``--measure`` measures them again, ``--save`` also stores them: a few minutes).
+Under the table, a ``Warnings:`` block names each pair whose number may not be trusted, and
+why (:mod:`mist_core.reliability`).
+
+``estimate`` estimates I(X;Y) from paired samples: a ``.npz`` file holding arrays ``x`` and
+``y`` (others with ``--x NAME --y NAME``), or two ``.npy`` files, each ``(N,)`` or ``(N, D)``.
+It prints the estimate with its standard error, the estimator used (and why, for
+``--estimator auto``), the time taken, and a ``warning:`` line for each reason to doubt it;
+``--json`` prints one JSON object instead.
 
 ``resume`` and ``evaluate`` take a run's name or its folder (``runs/NAME``, as tab completion
 gives it; a folder outside ``--run-dir`` is opened where it is). A mistake (an unknown config
@@ -35,10 +46,12 @@ import sys
 import threading
 import time
 import traceback
+import zipfile
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -49,6 +62,7 @@ from mist_core.experiment import PRESETS, ExperimentConfig, LandmarkExperiment, 
 from mist_core.jobs import DeviceBusyError, Job, JobRegistry, QueueFullError
 from mist_core.results import PairEstimate, to_frame
 from mist_core.runs import CorruptCheckpointError, Run, RunBusyError, RunInfo, RunStatus
+from mist_core.training.estimate import estimate_mi
 
 __all__ = ["main", "stop_on_sigterm"]
 
@@ -115,6 +129,20 @@ def format_table(table: pd.DataFrame) -> str:
     return "MI in nats (± standard error) on the test images\n" + pivot.to_string()
 
 
+def format_warnings(estimates: Sequence[PairEstimate]) -> str:
+    """A ``Warnings:`` block, one line ``I(encoder;landmark): text`` per warning of each
+    estimate; ``""`` when none has any."""
+    lines = [f"{e.name}: {text}" for e in estimates for text in e.warnings]
+    return "\n".join(["Warnings:", *lines]) if lines else ""
+
+
+def _print_table(estimates: Sequence[PairEstimate]) -> None:
+    print(format_table(to_frame(estimates)), flush=True)
+    block = format_warnings(estimates)
+    if block:
+        print(block, flush=True)
+
+
 def _follow(job: Job) -> int:
     """Show a progress bar until the job ends; Ctrl-C asks it to stop (checkpoint first)."""
     from tqdm.auto import tqdm
@@ -155,7 +183,7 @@ def _follow(job: Job) -> int:
         print(snap.traceback or snap.error, file=sys.stderr)
         return 1
     if snap.mi_table:
-        print(format_table(to_frame(snap.mi_table)))
+        _print_table(snap.mi_table)
     if snap.state is RunStatus.STOPPED:
         print(f"resume with: python -m mist_core resume {snap.run_name}")
     return 130 if interrupted else 0
@@ -223,7 +251,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"cannot evaluate run {run.name!r}: {error}") from error
     experiment.model.eval()
     print(f"run {run.name}, checkpoint of step {restored.step}")
-    print(format_table(experiment.evaluate(args.split)), flush=True)
+    _print_table(experiment.estimates(args.split))
     if args.calibration_faces == 0:
         return 0
     stored = None if args.measure or args.save else _stored_calibration(run)
@@ -286,6 +314,108 @@ def _save_calibration(run: Run, report: CalibrationReport) -> None:
     finally:
         writer.release()
     print(f"saved into {run.summary_path}")
+
+
+def _load_array(path: Path, what: str) -> np.ndarray:
+    """The array of a ``.npy`` file (``what`` names it in errors)."""
+    if not path.is_file():
+        raise ValueError(f"{what}: no such file {str(path)!r}")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:  # not .npy, or an array of objects
+        raise ValueError(
+            f"{path} is not a .npy file of numbers (numpy.save writes one)"
+        ) from error
+    if not isinstance(array, np.ndarray):  # np.load opened an archive: close it
+        array.close()
+        raise ValueError(f"{path} is a .npz archive: give it alone (estimate {path})")
+    return array
+
+
+def _load_npz(path: Path, x_name: str, y_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Arrays ``x_name`` and ``y_name`` of a ``.npz`` file."""
+    if not path.is_file():
+        raise ValueError(f"no such file {str(path)!r}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a .npz file (numpy.savez(file, x=x, y=y) writes one)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = list(archive.files)
+            for name in (x_name, y_name):
+                if name not in names:
+                    found = ", ".join(names) if names else "none"
+                    raise KeyError(
+                        f"{path} has no array named {name!r} (its arrays: {found}); name "
+                        "them with --x NAME --y NAME"
+                    )
+            return archive[x_name], archive[y_name]
+    except KeyError as error:
+        raise ValueError(error.args[0]) from error
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path} is not a readable .npz file ({error})") from error
+
+
+def _samples(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """x and y as float32 arrays ``(N,)`` or ``(N, D)`` from ``args.files``."""
+    files = [Path(f).expanduser() for f in args.files]
+    if len(files) == 1:
+        if files[0].suffix == ".npy":
+            raise ValueError(
+                f"{files[0]} is one .npy file: give a .npz holding x and y, or two .npy "
+                "files (estimate X.npy Y.npy)"
+            )
+        x, y = _load_npz(files[0], args.x or "x", args.y or "y")
+        names = (args.x or "x", args.y or "y")
+    elif len(files) == 2:
+        if args.x or args.y:
+            raise ValueError("--x and --y name the arrays of one .npz file, not of two .npy files")
+        x, y = _load_array(files[0], "x"), _load_array(files[1], "y")
+        names = (str(files[0]), str(files[1]))
+    else:
+        raise ValueError(f"estimate takes one .npz file or two .npy files, got {len(files)} files")
+    for name, array in zip(names, (x, y), strict=True):
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"{name} holds {array.dtype} values: x and y must be numbers")
+        if array.ndim not in (1, 2):
+            raise ValueError(
+                f"{name} has shape {array.shape}: x and y must be (N,) or (N, D) arrays"
+            )
+    if len(x) != len(y):
+        raise ValueError(
+            f"x and y must hold the same number of samples (rows), got {len(x)} and {len(y)}"
+        )
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    x, y = _samples(args)
+    result = estimate_mi(x, y, estimator=args.estimator, seed=args.seed, device=args.device)
+    warnings = list(getattr(result, "warnings", ()))
+    details = dict(getattr(result, "details", None) or {})
+    if args.json:
+        record = {
+            "mi": result.mi,
+            "std_error": result.std_error,
+            "estimator": result.estimator,
+            "details": details,
+            "warnings": warnings,
+            "seconds": result.seconds,
+            "n_train": result.n_train,
+            "n_test": result.n_test,
+        }
+        print(json.dumps(record, indent=2, default=str))
+        return 0
+    print(f"I(X;Y) = {result.mi:.4g} ± {result.std_error:.2g} nats")
+    print(f"estimator: {result.estimator}")
+    if details.get("reason"):
+        print(f"why: {details['reason']}")
+    where = details.get("evaluated_on") or (
+        f"{result.n_train:,} samples to fit, {result.n_test:,} held out"
+    )
+    print(f"evaluated on: {where}; {result.seconds:.1f} s")
+    for text in warnings:
+        print(f"warning: {text}")
+    return 0
 
 
 def _when(created: float | None) -> str:
@@ -405,6 +535,26 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="list the runs")
     listing.add_argument("--run-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     listing.set_defaults(func=_list)
+
+    estimate = commands.add_parser(
+        "estimate",
+        help="estimate I(X;Y) from paired samples in a .npz file (x, y) or two .npy files",
+    )
+    estimate.add_argument(
+        "files", nargs="+", metavar="FILE", help="a .npz holding x and y, or X.npy Y.npy"
+    )
+    estimate.add_argument("--x", metavar="NAME", help="the .npz array of x (default: x)")
+    estimate.add_argument("--y", metavar="NAME", help="the .npz array of y (default: y)")
+    estimate.add_argument(
+        "--estimator",
+        default="auto",
+        help="auto (chosen for the data), or an estimator's name: doe, infonce, gaussian, ...",
+    )
+    estimate.add_argument("--seed", type=int, default=0, help="the split and the weights' seed")
+    estimate.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, auto, ...")
+    estimate.add_argument("--json", action="store_true", help="print one JSON object")
+    estimate.add_argument("--run-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    estimate.set_defaults(func=_estimate)
     return parser
 
 

@@ -68,7 +68,7 @@ class Gaussianizer:
     def __call__(self, values: Tensor) -> Tensor:
         """``[M, D] -> [M, D]``, strictly increasing in each coordinate."""
         columns = [
-            _interp(column.double(), knots, scores)
+            _interp(column.double().contiguous(), knots, scores)
             for column, knots, scores in zip(values.T, self.knots, self.scores, strict=True)
         ]
         return torch.stack(columns, dim=1).to(self.dtype)

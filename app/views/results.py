@@ -8,6 +8,7 @@ import functools
 import streamlit as st
 from ui import calibration, charts, labels, state, tables
 
+from mist_core.results import PairEstimate
 from mist_core.runs import RunInfo
 
 st.title("Results")
@@ -17,7 +18,8 @@ st.markdown(
     "are ± one standard error). Taller bars: the network can point at that landmark more "
     "sharply. A bar slightly below zero means the same as zero: the network's numbers did "
     "not help on new faces (the estimate has noise, and a model fitted to the training "
-    "faces can do a little worse than the average-face guess)."
+    "faces can do a little worse than the average-face guess). A ⚠ beside a number in the "
+    "table means a check found a reason to doubt it; the reasons are listed under the table."
 )
 
 listed = state.list_runs()  # reads every run's small files: once per page run
@@ -105,6 +107,14 @@ def show_calibration(info: RunInfo, slot: str, wide: bool = True) -> None:
             st.markdown(sentence)
 
 
+def show_flags(estimates: list[PairEstimate]) -> None:
+    """Why the numbers marked ⚠ in the table may not be trusted (nothing when none is)."""
+    notes = tables.flag_notes(estimates)
+    if notes:
+        with st.expander(f"{tables.FLAG} Why some numbers are flagged", expanded=len(notes) <= 3):
+            st.markdown("\n".join(f"- {note}" for note in notes))
+
+
 def show_run(info: RunInfo, slot: str, wide: bool = True) -> None:
     """A run's MI bars, its calibration right under them, its table, downloads, settings
     (``wide``: the page's whole width, else half of it)."""
@@ -116,6 +126,7 @@ def show_run(info: RunInfo, slot: str, wide: bool = True) -> None:
     )
     show_calibration(info, slot, wide)
     st.dataframe(tables.readable(estimates), hide_index=True, key=f"table_{slot}")
+    show_flags(estimates)
     a, b = st.columns(2)
     a.download_button(
         "Download the table (CSV)",

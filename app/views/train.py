@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import streamlit as st
-from ui import charts, labels, state
+from ui import charts, labels, state, tables
 
 from mist_core.data import LANDMARKS, expected_files
 from mist_core.encoders import list_encoders
@@ -349,6 +349,12 @@ def _show_result(snap: JobSnapshot) -> None:
             "posteriors on **Posteriors**."
         )
         st.plotly_chart(charts.mi_bars(snap.mi_table), key="final_bars", width="stretch")
+        notes = tables.flag_notes(snap.mi_table)
+        if notes:
+            with st.expander(
+                f"{tables.FLAG} Some numbers may not be trusted: why", expanded=False
+            ):
+                st.markdown("\n".join(f"- {note}" for note in notes))
     elif snap.state is RunStatus.STOPPED:
         st.info(
             f"{snap.message[:1].upper()}{snap.message[1:]}. Run **{snap.run_name}** keeps its "

@@ -4,6 +4,9 @@
     python -m bench.accuracy --full     # the papers' budget: 4,000 steps a level
     python -m bench.accuracy --quick    # a smoke run of both parts (about two minutes)
     python -m bench.accuracy --json out.json   # also write every row and check as JSON
+    python -m bench.accuracy --suite bmi40 --n 10000 --seeds 5   # all 40 BMI tasks
+
+``--suite bmi40`` runs :mod:`bench.accuracy.suite40` instead (its own options below).
 
 Part 1, the staircase (Poole et al., ICML 2019): 20-d correlated Gaussians, batch 64, MI
 2-10 nats, fresh samples at every step; bias, standard deviation and MSE per level (the
@@ -215,7 +218,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--part", choices=["all", "staircase", "bmi"], default="all")
     parser.add_argument("--no-readme", action="store_true", help="do not touch bench/README.md")
+    suite = parser.add_argument_group("BMI-40 (--suite bmi40)")
+    suite.add_argument("--suite", choices=["bmi8", "bmi40"], default="bmi8")
+    suite.add_argument("--n", type=int, default=10_000, help="samples per task")
+    suite.add_argument("--seeds", type=int, default=5, help="seeds 0 .. seeds-1")
+    suite.add_argument("--variants", default="auto", help="comma-separated; see suite40")
+    suite.add_argument("--tasks", default="", help="only tasks whose id holds one of these")
+    suite.add_argument("--workers", type=int, default=1, help="processes in parallel")
+    suite.add_argument("--suite-threads", type=int, default=1, help="torch threads a process")
+    suite.add_argument("--out", type=Path, default=None, help="the JSON-lines file of rows")
+    suite.add_argument("--report", action="store_true", help="report the file's rows only")
     args = parser.parse_args(argv)
+    if args.suite == "bmi40":
+        from bench.accuracy import suite40
+
+        return suite40.main(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     mode = MODES["quick" if args.quick else "full" if args.full else "lite"]

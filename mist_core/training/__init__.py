@@ -9,10 +9,13 @@
 - :mod:`~mist_core.training.loop`: :func:`train_mi_estimator`;
 - :mod:`~mist_core.training.evaluate`: :func:`evaluate_mi` and the typed
   :func:`evaluate_pairs`;
+- :mod:`~mist_core.training.auto`: how ``estimate_mi``'s default ``"auto"`` chooses its
+  densities (:class:`AutoConfig`);
 - :mod:`~mist_core.training.estimate`: :func:`estimate_mi`, from samples to an estimate.
 """
 
 from mist_core.devices import resolve_device
+from mist_core.training.auto import AutoConfig
 from mist_core.training.estimate import EstimateResult, estimate_mi
 from mist_core.training.evaluate import evaluate_mi, evaluate_pairs
 from mist_core.training.loop import train_mi_estimator
@@ -21,6 +24,7 @@ from mist_core.training.state import Progress, ResumeFrom, TrainState
 
 __all__ = [
     "OPTIMIZERS",
+    "AutoConfig",
     "EstimateResult",
     "Progress",
     "ResumeFrom",

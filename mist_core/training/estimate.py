@@ -13,8 +13,11 @@ import torch
 from torch import Tensor, nn
 
 from mist_core._rng import seeded, seeded_permutation
-from mist_core.estimators import build_estimator, check_estimator_name
+from mist_core.estimators import ESTIMATORS, build_estimator, check_estimator_name
 from mist_core.marginals import fit_marginal_map
+from mist_core.reliability import reliability_warnings
+from mist_core.training.auto import AutoConfig, auto_estimate
+from mist_core.training.discrete import discrete_codes, discrete_estimate
 from mist_core.training.evaluate import evaluate_pairs
 from mist_core.training.inputs import ArrayLike, as_tensor
 from mist_core.training.loop import train_mi_estimator
@@ -25,7 +28,12 @@ __all__ = ["EstimateResult", "estimate_mi"]
 
 @dataclass(frozen=True)
 class EstimateResult:
-    """An MI estimate from :func:`estimate_mi`: ``mi`` and ``std_error`` in nats."""
+    """An MI estimate from :func:`estimate_mi`: ``mi`` and ``std_error`` in nats.
+
+    ``estimator`` names what produced it (for ``"auto"``: the densities it chose, e.g.
+    ``"Student-t copula"``); ``details`` says how and why (``details["reason"]``);
+    ``warnings`` says when the number should not be trusted, and what to do.
+    """
 
     mi: float
     std_error: float
@@ -35,6 +43,8 @@ class EstimateResult:
     n_train: int = 0
     n_test: int = 0
     seconds: float = 0.0
+    details: dict = field(default_factory=dict, repr=False)
+    warnings: tuple[str, ...] = ()
 
 
 def _paired_samples(x: ArrayLike, y: ArrayLike) -> tuple[Tensor, Tensor]:
@@ -58,7 +68,7 @@ def _map_marginals(
 ) -> tuple[list[Tensor], list[Tensor], dict[str, Any]]:
     """``[x, y]`` of both splits mapped through an invertible per-coordinate map fitted on
     the training split (the MI is unchanged by it), and the estimator options moved along."""
-    marginal_map = "standardize" if standardize is True else standardize
+    marginal_map = marginal_map_name(standardize)
     if not marginal_map:
         return train, test, options
     if marginal_map == "gaussianize" and "entropy_y" in options:
@@ -97,7 +107,7 @@ def _train_options(n_train: int, valid_percentage: float, batch_size: int, budge
 def estimate_mi(
     x: ArrayLike,
     y: ArrayLike,
-    estimator: str = "doe",
+    estimator: str = "auto",
     *,
     max_iterations: int = 2000,
     max_epochs: int | None = None,
@@ -112,6 +122,7 @@ def estimate_mi(
     seed: int = 0,
     estimator_options: Mapping[str, Any] | None = None,
     verbose: bool = False,
+    auto: AutoConfig | None = None,
 ) -> EstimateResult:
     """Estimate :math:`I(X; Y)` in nats from paired samples ``x: [N, D_x]``, ``y: [N, D_y]``.
 
@@ -122,8 +133,19 @@ def estimate_mi(
     empirical CDF, then the normal quantile: heavy tails and bounded supports become
     Gaussian-shaped marginals; see :mod:`mist_core.marginals`), or ``False`` (raw data).
 
+    With ``estimator="auto"`` (the default) the estimator is chosen without the truth:
+    candidate densities (Gaussian and Student-t copulas in closed form, affine and spline
+    flows) are fitted on the training split, q(y|x) and q(y) are each chosen by held-out
+    log-likelihood, and the result names the choice (``result.estimator``) and why
+    (``result.details``); see :mod:`mist_core.training.auto`. A discrete ``y`` (at most 64
+    distinct rows) gets a classifier for q(y|x) and its class frequencies for q(y)
+    (:mod:`mist_core.training.discrete`). Its data are always
+    Gaussianised; ``auto`` (an :class:`~mist_core.training.auto.AutoConfig`) sets its
+    candidates and budget, and the options of a single estimator (``max_iterations``,
+    ``hidden_dims``, ``standardize``...) do not apply.
+
     Args:
-        estimator: one of :data:`mist_core.estimators.ESTIMATORS`.
+        estimator: ``"auto"`` or one of :data:`mist_core.estimators.ESTIMATORS`.
         hidden_dims: network widths (default: the estimator's own).
         estimator_options: further options of the estimator's factory (e.g. ``tau``).
 
@@ -137,7 +159,8 @@ def estimate_mi(
         >>> round(result.mi, 2), round(result.std_error, 2), result.n_test
         (0.8, 0.01, 5000)
     """
-    check_estimator_name(estimator)
+    if estimator != "auto":
+        check_estimator_name(estimator, ("auto", *ESTIMATORS))
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
     x_t, y_t = _paired_samples(x, y)
@@ -149,6 +172,36 @@ def estimate_mi(
             "training samples; lower batch_size or test_fraction"
         )
     start = time.perf_counter()
+    if estimator == "auto":
+        if estimator_options or hidden_dims is not None:
+            raise ValueError(
+                "estimator_options and hidden_dims set a named estimator; estimator='auto' "
+                "takes its candidates and budget from auto=AutoConfig(...)"
+            )
+        codes = discrete_codes(y_t)
+        if codes is not None:
+            outcome = discrete_estimate(x_t, y_t, codes, seed=seed, config=auto)
+        else:
+            outcome = auto_estimate(x_t, y_t, test_fraction=test_fraction, seed=seed, config=auto)
+        return EstimateResult(
+            mi=outcome.mi,
+            std_error=outcome.std_error,
+            estimator=outcome.estimator,
+            log=_empty_log(),
+            model=outcome.model,
+            n_train=outcome.n_train,
+            n_test=outcome.n_test,
+            seconds=time.perf_counter() - start,
+            details=outcome.details,
+            warnings=outcome.warnings
+            + reliability_warnings(
+                outcome.log_ratio,
+                estimator=outcome.estimator,
+                mi=outcome.mi,
+                std_error=outcome.std_error,
+                y=y_t,
+            ),
+        )
     order = seeded_permutation(n, seed)
     train = [x_t[order[n_test:]], y_t[order[n_test:]]]
     test = [x_t[order[:n_test]], y_t[order[:n_test]]]
@@ -177,6 +230,15 @@ def estimate_mi(
             **_train_options(len(train[0]), valid_percentage, batch_size, max_iterations),
         )
     (result,) = evaluate_pairs(model, tuple(test), batch_size=batch_size, estimator_name=estimator)
+    more = reliability_warnings(
+        None,
+        estimator=estimator,
+        mi=float(result.mi),
+        std_error=float(result.std_error),
+        log=None if getattr(model, "closed_form", False) else log,
+        max_iterations=max_iterations,
+        y=test[1] if marginal_map_name(standardize) != "gaussianize" else None,
+    )
     return EstimateResult(
         mi=float(result.mi),
         std_error=float(result.std_error),
@@ -186,4 +248,11 @@ def estimate_mi(
         n_train=len(train[0]),
         n_test=n_test,
         seconds=time.perf_counter() - start,
+        details={"marginal_map": marginal_map_name(standardize) or "none"},
+        warnings=tuple(dict.fromkeys(result.warnings + more)),
     )
+
+
+def marginal_map_name(standardize: bool | str) -> str | None:
+    """The marginal map ``standardize`` asks for: ``"standardize"``, ``"gaussianize"`` or None."""
+    return "standardize" if standardize is True else (standardize or None)

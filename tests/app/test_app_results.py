@@ -10,9 +10,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from app_helpers import N_LANDMARKS, TINY, assert_no_exception, charts, open_page, texts
+from app_helpers import (
+    N_LANDMARKS,
+    TINY,
+    assert_no_exception,
+    charts,
+    open_page,
+    texts,
+    tiny_config,
+)
 
 from mist_core.calibration import FIT_LEVELS, CalibrationReport, Coverage, Recalibration
+from mist_core.results import PairEstimate
 from mist_core.runs import RunStore
 
 KEEP, DROP = object(), object()  # _copy_run: keep the summary's calibration / remove it
@@ -29,7 +38,9 @@ def test_results_show_the_run_table_and_downloads(trained):
     # st.dataframe without selections carries no key: the tables come in page order.
     assert len(at.dataframe) == 1
     table = at.dataframe[0].value
-    assert list(table.columns) == ["Network", "Landmark", "MI (nats)", "± std. error"]
+    # (a ⚠ column beside the MI appears only when a number is flagged: see below)
+    shown = [c for c in table.columns if c != "⚠"]
+    assert shown == ["Network", "Landmark", "MI (nats)", "± std. error"]
     assert len(table) == len(TINY["encoders"]) * N_LANDMARKS
     assert set(table["Network"]) == {"Random init (frozen)", "Trained from scratch"}
     assert table["MI (nats)"].notna().all()
@@ -69,6 +80,33 @@ def test_results_compare_two_runs_side_by_side(two_runs, use_runs):
     assert len(at.dataframe[1].value) == len(side)
     assert [c.key for c in charts(at)] == ["bars_a", "calibration_a", "bars_b", "calibration_b"]
     assert len(at.get("download_button")) == 4
+
+
+def test_results_mark_flagged_numbers_and_say_why(tmp_path, use_runs):
+    """A run made by hand (no training): one of its two rows carries a warning."""
+    from mist_core.checkpoints import run_store
+    from mist_core.runs import RunStatus
+
+    store = run_store(tmp_path / "runs")
+    run = store.create(tiny_config(), name="flagged")
+    run.set_status(RunStatus.FINISHED)
+    why = "the 5 highest and 5 lowest of 2,000 per-sample terms move the estimate by -7,600 nats"
+    rows = [
+        PairEstimate("trained", "nose", 0.8, 0.02, 2000, "doe").to_dict(),
+        PairEstimate("random_init", "nose", -7591.0, 7591.0, 2000, "js", (why,)).to_dict(),
+    ]
+    rows[0].pop("warnings")  # a row of a run saved before warnings existed
+    run.write_summary({"mi": rows, "steps": 6, "epochs": 1})
+    use_runs(store.root)
+    at = open_page("results")
+    assert_no_exception(at)
+    table = at.dataframe[0].value
+    assert list(table.columns) == ["Network", "Landmark", "MI (nats)", "⚠", "± std. error"]
+    assert table["⚠"].tolist() == ["", "⚠"]
+    [expander] = [e for e in at.expander if "flagged" in e.label]
+    assert expander.label == "⚠ Why some numbers are flagged"
+    assert f"**Random init · Nose**: {why}" in texts(expander.markdown)
+    assert "Trained" not in texts(expander.markdown)
 
 
 # --- calibration: how often the posterior regions hold the truth -------------------------

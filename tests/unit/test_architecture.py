@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "mist_core.devices",
         "mist_core.machine",
         "mist_core.results",
+        "mist_core.reliability",
         "mist_core.runs",
         "mist_core.data.landmarks",
         "mist_core.data.stopping",

@@ -304,3 +304,118 @@ def test_torchrun_two_processes_with_gloo_write_one_run(tmp_path):
     metrics = run_store(tmp_path / "runs").open("ddp").read_metrics()
     losses = metrics[(metrics.split == "train") & (metrics.name == "loss")]
     assert list(losses.step) == list(range(1, 13)), "12 steps of the global batch, written once"
+
+
+# --- warnings under the MI table, and `estimate` from files ------------------------------
+
+
+def test_format_warnings_lists_each_pairs_warnings_and_nothing_when_none():
+    from mist_core.cli import format_warnings
+    from mist_core.results import PairEstimate
+
+    clean = PairEstimate("trained", "nose", 0.5, 0.01)
+    flagged = PairEstimate("trained", "chin", -0.4, 0.01, warnings=("below zero", "few"))
+    assert format_warnings([clean]) == ""
+    assert format_warnings([clean, flagged]).splitlines() == [
+        "Warnings:",
+        "I(trained;chin): below zero",
+        "I(trained;chin): few",
+    ]
+
+
+def _samples(tmp_path: Path, n: int = 2000) -> tuple[Path, object, object]:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(n)
+    y = x + 0.5 * rng.standard_normal(n)  # 0.5 log 5 = 0.80 nats
+    path = tmp_path / "samples.npz"
+    np.savez(path, x=x, y=y)
+    return path, x, y
+
+
+def test_estimate_from_a_npz_or_two_npy_files(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    path, x, y = _samples(tmp_path)
+    assert main(["estimate", str(path), "--estimator", "gaussian"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("I(X;Y) = 0.8") and out[0].endswith(" nats") and "±" in out[0]
+    assert out[1] == "estimator: gaussian"
+    assert out[2].startswith("evaluated on: 1,000 samples to fit, 1,000 held out")
+    assert out[2].endswith(" s")
+    assert not any(line.startswith("warning:") for line in out)
+
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y[:, None])
+    files = [str(tmp_path / "x.npy"), str(tmp_path / "y.npy")]
+    assert main(["estimate", *files, "--estimator", "gaussian", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["mi"] == pytest.approx(0.5 * np.log(5), abs=0.1)
+    assert record["estimator"] == "gaussian" and record["warnings"] == []
+    assert set(record) >= {"mi", "std_error", "estimator", "details", "warnings", "seconds"}
+
+    np.savez(tmp_path / "named.npz", a=x, b=y)
+    named = str(tmp_path / "named.npz")
+    assert main(["estimate", named, "--x", "a", "--y", "b", "--estimator", "gaussian"]) == 0
+    assert capsys.readouterr().out.startswith("I(X;Y) = 0.8")
+
+
+def test_estimate_prints_the_reason_and_every_warning(tmp_path, capsys, monkeypatch):
+    from types import SimpleNamespace
+
+    import mist_core.cli as cli
+
+    path, _, _ = _samples(tmp_path, 300)
+    result = SimpleNamespace(
+        mi=-7591.0,
+        std_error=7591.0,
+        estimator="js",
+        details={"reason": "asked for"},
+        warnings=("a few samples carry it", "still rising"),
+        seconds=1.25,
+        n_train=150,
+        n_test=150,
+    )
+    calls = []
+    monkeypatch.setattr(cli, "estimate_mi", lambda x, y, **kw: calls.append(kw) or result)
+    assert main(["estimate", str(path), "--estimator", "js", "--seed", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert calls == [{"estimator": "js", "seed": 3, "device": "cpu"}]
+    assert out[1:] == [
+        "estimator: js",
+        "why: asked for",
+        "evaluated on: 150 samples to fit, 150 held out; 1.2 s",
+        "warning: a few samples carry it",
+        "warning: still rising",
+    ]
+    del result.warnings, result.details  # a result of before these fields: no lines
+    assert main(["estimate", str(path)]) == 0
+    assert "warning" not in capsys.readouterr().out
+
+
+def test_estimate_file_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    import numpy as np
+
+    path, x, _ = _samples(tmp_path, 300)
+    cases = {
+        (str(tmp_path / "none.npz"),): "no such file",
+        (str(path), "--x", "u"): "has no array named 'u' (its arrays: x, y)",
+        (str(path), str(path)): "is a .npz archive",
+        (str(tmp_path / "x.npy"),): "one .npy file: give a .npz holding x and y",
+    }
+    np.save(tmp_path / "x.npy", x)
+    (tmp_path / "junk.npz").write_text("not an archive")
+    cases[(str(tmp_path / "junk.npz"),)] = "is not a .npz file"
+    np.savez(tmp_path / "cube.npz", x=np.zeros((300, 2, 2)), y=x)
+    cases[(str(tmp_path / "cube.npz"),)] = (
+        "x has shape (300, 2, 2): x and y must be (N,) or (N, D)"
+    )
+    np.savez(tmp_path / "short.npz", x=x, y=x[:200])
+    cases[(str(tmp_path / "short.npz"),)] = "same number of samples (rows), got 300 and 200"
+    for args, message in cases.items():
+        assert main(["estimate", *args, "--estimator", "gaussian"]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and "Traceback" not in err, err

@@ -30,6 +30,7 @@ def test_to_dict_from_dict_round_trip_through_json():
         "std_error": 0.02,
         "n": 512,
         "estimator": "doe",
+        "warnings": [],
     }
     assert PairEstimate.from_dict(row) == estimate
 
@@ -39,7 +40,7 @@ def test_from_dict_reads_rows_of_older_runs():
     estimate = PairEstimate.from_dict(old)
     assert (estimate.representation, estimate.target, estimate.mi) == ("e", "nose", 1.0)
     assert isinstance(estimate.mi, float) and math.isnan(estimate.std_error)
-    assert estimate.n is None and estimate.estimator is None
+    assert estimate.n is None and estimate.estimator is None and estimate.warnings == ()
     with pytest.raises(KeyError):
         PairEstimate.from_dict({"encoder": "e", "landmark": "nose", "mi": 1.0})
 

@@ -175,13 +175,14 @@ def test_argument_errors():
 
 def test_estimate_mi_result_units_and_determinism():
     x, y = _data(4000, mi=1.0, seed=5)
-    a = estimate_mi(x.numpy() * 5 + 100, y.numpy() * 5 + 100, max_iterations=150, device="cpu")
-    b = estimate_mi(x.numpy() * 5 + 100, y.numpy() * 5 + 100, max_iterations=150, device="cpu")
+    raw_x, raw_y = x.numpy() * 5 + 100, y.numpy() * 5 + 100
+    a = estimate_mi(raw_x, raw_y, "doe", max_iterations=150, device="cpu")
+    b = estimate_mi(raw_x, raw_y, "doe", max_iterations=150, device="cpu")
     assert a.mi == b.mi, "same seed, same estimate"
     assert a.estimator == "doe" and a.n_test == 2000 and a.n_train == 2000
     assert a.std_error > 0 and a.log.attrs["steps"] > 0
     assert a.mi == pytest.approx(1.0, abs=0.15)
-    c = estimate_mi(x, y, max_iterations=150, device="cpu", seed=1)
+    c = estimate_mi(x, y, "doe", max_iterations=150, device="cpu", seed=1)
     assert c.mi != a.mi
 
 
@@ -213,7 +214,7 @@ def test_estimate_mi_argument_errors():
         x_nan[0, 0] = float("nan")
         estimate_mi(x_nan, y)
     with pytest.raises(ValueError, match="unknown argument"):
-        estimate_mi(x, y, estimator_options={"hiden": 3})
+        estimate_mi(x, y, "doe", estimator_options={"hiden": 3})
 
 
 def test_evaluate_mi_single_pair_returns_a_float():
