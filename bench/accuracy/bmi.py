@@ -5,7 +5,7 @@ split) and runs every estimator through :func:`mist_core.estimate_mi`. An estima
 variant is an estimator name plus the marginal map it sees the data through:
 ``doe`` standardises, ``doe+gauss`` Gaussianises each coordinate (an invertible map fitted
 on the training half; see :mod:`mist_core.marginals`). The table reports every variant and
-the best of them per task (the one closest to the truth, as BMI's leaderboard does for
+an oracle: the best of them per task, picked with the truth (as BMI's leaderboard does for
 its own estimators).
 """
 

@@ -31,7 +31,6 @@ estimators (``estimator="doe"``, ``standardize=True``) remain for raw coordinate
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable
@@ -40,8 +39,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from mist_core._rng import seeded, seeded_permutation
-from mist_core.distributions import conditional_transformed_normal, transformed_normal
+from mist_core._rng import seeded_permutation
 from mist_core.estimators.base import MIEstimator, Terms
 from mist_core.estimators.copula import (
     EllipticalCopula,
@@ -49,10 +47,17 @@ from mist_core.estimators.copula import (
     fit_student_copula,
 )
 from mist_core.marginals import Gaussianizer
+from mist_core.training.candidates import (
+    FLOW_LAYERS,
+    Canonical,
+    Density,
+    choose,
+    copula_densities,
+    flow_densities,
+    split,
+)
 
 __all__ = ["AutoConfig", "AutoDoE", "AutoOutcome", "auto_estimate"]
-
-_FLOW_LAYERS = {"affine": "affine_autoregressive", "spline": "spline_autoregressive"}
 
 
 @dataclass(frozen=True)
@@ -97,219 +102,13 @@ class AutoConfig:
     time_budget: float = 100.0
 
     def __post_init__(self) -> None:
-        unknown = [name for name in self.flows if name not in _FLOW_LAYERS]
+        unknown = [name for name in self.flows if name not in FLOW_LAYERS]
         if unknown:
-            raise ValueError(f"unknown flows {unknown}; valid: {', '.join(_FLOW_LAYERS)}")
+            raise ValueError(f"unknown flows {unknown}; valid: {', '.join(FLOW_LAYERS)}")
         if self.folds < 1:
             raise ValueError(f"folds must be >= 1, got {self.folds}")
         if not 0.0 < self.valid_fraction < 1.0:
             raise ValueError(f"valid_fraction must lie in (0, 1), got {self.valid_fraction}")
-
-
-class _Canonical:
-    """Canonical (CCA) coordinates of Gaussianised ``[x, y]``, fitted on ``x: [n, dx]``,
-    ``y: [n, dy]``: ``x~ = A (x - mx)``, ``y~ = B (y - my)`` are white and
-    ``Cov(x~_i, y~_i) = rho_i``; the residual ``r = (y~ - rho x~) / sigma`` is white too."""
-
-    def __init__(self, x: Tensor, y: Tensor, ridge: float = 1e-6) -> None:
-        x, y = x.double(), y.double()
-        self.mx, self.my = x.mean(0), y.mean(0)
-        xc, yc = x - self.mx, y - self.my
-        n = len(x)
-        wx = _inverse_sqrt(xc.T @ xc / n, ridge)
-        wy = _inverse_sqrt(yc.T @ yc / n, ridge)
-        u, s, vt = torch.linalg.svd(wx @ (xc.T @ yc / n) @ wy)
-        self.a = u.T @ wx  # [dx, dx]
-        self.b = vt @ wy  # [dy, dy]
-        k = min(x.shape[1], y.shape[1])
-        self.rho = torch.zeros(y.shape[1], dtype=torch.float64)
-        self.rho[:k] = s[:k].clamp(max=1.0 - 1e-6)
-        self.sigma = (1.0 - self.rho**2).sqrt()
-        self.k = k
-        #: log |d r / d y| = log |det B| - sum log sigma; log |d y~ / d y| = log |det B|
-        self.log_det_b = float(torch.linalg.slogdet(self.b)[1])
-        self.log_det_residual = self.log_det_b - float(self.sigma.log().sum())
-
-    def x_coords(self, x: Tensor) -> Tensor:
-        return (x.double() - self.mx) @ self.a.T
-
-    def y_coords(self, y: Tensor) -> Tensor:
-        return (y.double() - self.my) @ self.b.T
-
-    def residual(self, x_c: Tensor, y_c: Tensor) -> Tensor:
-        shift = torch.zeros_like(y_c)
-        shift[:, : self.k] = x_c[:, : self.k] * self.rho[: self.k]
-        return (y_c - shift) / self.sigma
-
-
-def _inverse_sqrt(cov: Tensor, ridge: float) -> Tensor:
-    scale = float(cov.diagonal().mean().clamp_min(1e-12))
-    values, vectors = torch.linalg.eigh(cov + ridge * scale * torch.eye(len(cov), dtype=cov.dtype))
-    return vectors @ torch.diag(values.clamp_min(1e-12 * scale).rsqrt()) @ vectors.T
-
-
-@dataclass
-class _Density:
-    """A fitted candidate for q(y|x) or q(y): ``log_prob(x, y) -> [n]`` over Gaussianised
-    coordinates, with what its fitting cost."""
-
-    name: str
-    log_prob: Callable[[Tensor, Tensor], Tensor]
-    seconds: float = 0.0
-    epochs: int = 0
-    module: nn.Module | None = None
-    stopped_by: str = ""
-    copula: EllipticalCopula | None = None
-
-
-def _train_flow(
-    module: nn.Module,
-    log_prob: Callable[[Tensor, Tensor], Tensor],
-    fit: tuple[Tensor, Tensor],
-    valid: tuple[Tensor, Tensor],
-    config: AutoConfig,
-    seed: int,
-    max_seconds: float | None = None,
-) -> tuple[int, str]:
-    """Maximum likelihood with early stopping on ``valid``, counting the starting point;
-    the best state is loaded back. Returns the epochs run and what stopped them
-    (``"patience"``, ``"epochs"`` or ``"time"``)."""
-    optimizer = torch.optim.AdamW(
-        module.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
-    schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=3)
-    generator = torch.Generator().manual_seed(seed)
-    n = len(fit[0])
-    batch = min(config.batch_size, n)
-
-    def validate() -> float:
-        module.eval()
-        with torch.no_grad():
-            return float(log_prob(*valid).mean())
-
-    best, best_state, waited, start = validate(), copy.deepcopy(module.state_dict()), 0, 0.0
-    start = time.perf_counter()
-    epochs, stopped_by = 0, "epochs"
-    for epochs in range(1, config.max_epochs + 1):  # noqa: B007 - returned below
-        module.train()
-        order = torch.randperm(n, generator=generator)
-        for i in range(0, n - batch + 1, batch):
-            index = order[i : i + batch]
-            loss = -log_prob(fit[0][index], fit[1][index]).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        value = validate()
-        schedule.step(-value)
-        if value > best + 1e-4:
-            best, best_state, waited = value, copy.deepcopy(module.state_dict()), 0
-        else:
-            waited += 1
-        if waited >= config.patience:
-            stopped_by = "patience"
-            break
-        if time.perf_counter() - start > (max_seconds or config.max_seconds):
-            stopped_by = "time"
-            break
-    module.load_state_dict(best_state)
-    module.eval()
-    return epochs, stopped_by
-
-
-def _flow_densities(
-    kind: str,
-    canon: _Canonical,
-    fit: tuple[Tensor, Tensor],
-    valid: tuple[Tensor, Tensor],
-    config: AutoConfig,
-    seed: int,
-    parts: tuple[str, ...] = ("conditional", "marginal"),
-    deadline: float = math.inf,
-    trainings_left: int = 1,
-) -> dict[str, _Density]:
-    """Flows of one kind for ``parts`` (q(y|x), q(y)), trained in canonical coordinates."""
-    layer = _FLOW_LAYERS[kind]
-    dx, dy = fit[0].shape[1], fit[1].shape[1]
-    with seeded(seed):
-        conditional = conditional_transformed_normal(
-            dy,
-            dx,
-            hidden_dims=config.hidden_dims,
-            transform_name="conditional_" + layer,
-            normalization=None,
-            n_transforms=config.n_transforms,
-        )
-        marginal = transformed_normal(
-            dy,
-            hidden_dims=config.hidden_dims,
-            transform_name=layer,
-            normalization=None,
-            n_transforms=config.n_transforms,
-        )
-
-    def log_conditional(x: Tensor, y: Tensor) -> Tensor:
-        x_c, y_c = canon.x_coords(x), canon.y_coords(y)
-        r = canon.residual(x_c, y_c).float()
-        return conditional.log_prob(r, x_c.float()).double() + canon.log_det_residual
-
-    def log_marginal(x: Tensor, y: Tensor) -> Tensor:
-        return marginal.log_prob(canon.y_coords(y).float()).double() + canon.log_det_b
-
-    out = {}
-    for part, module, log_prob in (
-        ("conditional", conditional, log_conditional),
-        ("marginal", marginal, log_marginal),
-    ):
-        if part not in parts:
-            continue
-        start = time.perf_counter()
-        share = (deadline - start) / max(trainings_left, 1)
-        cap = max(1.0, min(config.max_seconds, share))
-        trainings_left -= 1
-        epochs, stopped_by = _train_flow(module, log_prob, fit, valid, config, seed, cap)
-        seconds = time.perf_counter() - start
-        out[part] = _Density(f"{kind} flow", log_prob, seconds, epochs, module, stopped_by)
-    return out
-
-
-def _copula_densities(copula: EllipticalCopula, seconds: float) -> tuple[_Density, _Density]:
-    def conditional(x: Tensor, y: Tensor) -> Tensor:
-        return copula.log_conditional(x, y)
-
-    def marginal(x: Tensor, y: Tensor) -> Tensor:
-        return copula.log_marginal_y(y)
-
-    name = "Gaussian copula" if copula.name == "gaussian-copula" else "Student-t copula"
-    return _Density(name, conditional, seconds), _Density(name, marginal, seconds)
-
-
-def _choose(
-    candidates: list[_Density], valid: tuple[Tensor, Tensor], margin: float, min_gain: float
-) -> tuple[int, list[dict]]:
-    """Walk the candidates from simple to complex; one replaces the current choice if its
-    mean validation log-likelihood is higher by more than ``margin`` standard errors of the
-    paired difference. Returns the chosen index and a record per candidate."""
-    scores = [density.log_prob(*valid).detach().double() for density in candidates]
-    chosen = 0
-    records = []
-    for index, score in enumerate(scores):
-        record = {
-            "name": candidates[index].name,
-            "valid_log_likelihood": float(score.mean()),
-            "seconds": round(candidates[index].seconds, 3),
-        }
-        if candidates[index].epochs:
-            record["epochs"] = candidates[index].epochs
-        if index > 0:
-            diff = score - scores[chosen]
-            gain = float(diff.mean())
-            error = float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else math.inf
-            record["gain_over_choice"] = gain
-            record["gain_std_error"] = error
-            if math.isfinite(gain) and gain > max(margin * error, min_gain):
-                chosen = index
-        records.append(record)
-    return chosen, records
 
 
 @dataclass
@@ -340,8 +139,8 @@ class AutoDoE(MIEstimator):
         self,
         gaussianize_x: Callable[[Tensor], Tensor],
         gaussianize_y: Callable[[Tensor], Tensor],
-        conditional: _Density,
-        marginal: _Density,
+        conditional: Density,
+        marginal: Density,
         y_dtype: torch.dtype = torch.float64,
     ) -> None:
         super().__init__()
@@ -363,7 +162,7 @@ class AutoDoE(MIEstimator):
         return Terms(loss=-log_cond.mean().to(x.dtype), log_ratio=log_ratio.to(x.dtype))
 
 
-def _label(conditional: _Density, marginal: _Density) -> str:
+def _label(conditional: Density, marginal: Density) -> str:
     if conditional.name == marginal.name:
         return conditional.name
     return f"{conditional.name} q(y|x), {marginal.name} q(y)"
@@ -375,12 +174,6 @@ _COPULA_FITS: dict[str, Callable[[Tensor, Tensor], EllipticalCopula]] = {
 }
 
 
-def _split(index: Tensor, valid_fraction: float) -> tuple[Tensor, Tensor]:
-    """``index`` cut into a fitting part and a validation part (the first ``valid_fraction``)."""
-    n_valid = max(2, int(round(len(index) * valid_fraction)))
-    return index[n_valid:], index[:n_valid]
-
-
 def _refit(
     chosen: tuple[str, str],
     z: tuple[Tensor, Tensor],
@@ -389,18 +182,18 @@ def _refit(
     config: AutoConfig,
     seed: int,
     deadline: float = math.inf,
-) -> tuple[_Density, _Density]:
+) -> tuple[Density, Density]:
     """The chosen q(y|x) and q(y) (by candidate name) fitted again on ``fit_index``."""
     fit = (z[0][fit_index], z[1][fit_index])
     valid = (z[0][valid_index], z[1][valid_index])
-    found: dict[str, _Density] = {}
+    found: dict[str, Density] = {}
     for part, name in zip(("conditional", "marginal"), chosen, strict=True):
         if name in _COPULA_FITS:
-            pair = _copula_densities(_COPULA_FITS[name](*fit), 0.0)
+            pair = copula_densities(_COPULA_FITS[name](*fit), 0.0)
             found[part] = pair[0] if part == "conditional" else pair[1]
     flows = {name.split()[0] for name in chosen if name not in _COPULA_FITS}
     if flows:
-        canon = _Canonical(*fit)
+        canon = Canonical(*fit)
         for kind in sorted(flows):
             parts = tuple(
                 p
@@ -408,9 +201,85 @@ def _refit(
                 if n.startswith(kind)
             )
             found.update(
-                _flow_densities(kind, canon, fit, valid, config, seed, parts, deadline, len(parts))
+                flow_densities(kind, canon, fit, valid, config, seed, parts, deadline, len(parts))
             )
     return found["conditional"], found["marginal"]
+
+
+def _candidates(
+    fit: tuple[Tensor, Tensor],
+    valid: tuple[Tensor, Tensor],
+    config: AutoConfig,
+    seed: int,
+    deadline: float,
+) -> tuple[Density, list[Density], list[Density], list[dict]]:
+    """The copula family (chosen on the joint likelihood log q(x, y): its closed-form MI
+    needs q(y|x) and q(y) from one family), then the candidates for q(y|x) and for q(y):
+    that family's, then each flow's (the flows may take half the time budget)."""
+    copulas: list[Density] = []
+    for name, fit_copula in _COPULA_FITS.items():
+        if name == "Student-t copula" and not config.student:
+            continue
+        start = time.perf_counter()
+        fitted = fit_copula(*fit)
+        copulas.append(Density(name, fitted.log_joint, time.perf_counter() - start, copula=fitted))
+    which, records = choose(copulas, valid, config.margin, config.min_gain)
+    family = copulas[which]
+    assert family.copula is not None
+    conditional, marginal = copula_densities(family.copula, family.seconds)
+    conditionals, marginals = [conditional], [marginal]
+    if config.flows:
+        canon = Canonical(*fit)
+        half = deadline - config.time_budget / 2
+        for index, kind in enumerate(config.flows):
+            left = 2 * (len(config.flows) - index)
+            flows = flow_densities(
+                kind, canon, fit, valid, config, seed, deadline=half, trainings_left=left
+            )
+            conditionals.append(flows["conditional"])
+            marginals.append(flows["marginal"])
+    return family, conditionals, marginals, records
+
+
+def _cross_fit(
+    chosen: tuple[Density, Density],
+    z: tuple[Tensor, Tensor],
+    folds: list[Tensor],
+    config: AutoConfig,
+    seed: int,
+    deadline: float,
+) -> tuple[Tensor, Density, Density, str]:
+    """``log q(y|x) - log q(y)`` on every held-out fold ``[n]`` (the first fold's densities
+    are ``chosen``; the others' are refitted on their complements, while time allows), the
+    last fold's densities, and a phrase saying what was evaluated."""
+    conditional, marginal = chosen
+    names = (conditional.name, marginal.name)
+    fold_cost = conditional.seconds + marginal.seconds
+    zx, zy = z
+    pieces = []
+    for k, test in enumerate(folds if config.folds > 1 else folds[:1]):
+        if k > 0 and time.perf_counter() + fold_cost > deadline:
+            break  # out of time: the folds done so far
+        if k > 0:
+            rest = torch.cat([f for j, f in enumerate(folds) if j != k])
+            fit_index, valid_index = split(rest, config.valid_fraction)
+            conditional, marginal = _refit(
+                names, z, fit_index, valid_index, config, seed + k, deadline
+            )
+        with torch.no_grad():
+            pieces.append(
+                conditional.log_prob(zx[test], zy[test]) - marginal.log_prob(zx[test], zy[test])
+            )
+    if config.folds == 1:
+        where = "held-out test split"
+    elif len(pieces) == config.folds:
+        where = f"{config.folds}-fold cross-fitting"
+    else:
+        where = (
+            f"{len(pieces)} of {config.folds} cross-fitting folds (time budget of "
+            f"{config.time_budget:g} s)"
+        )
+    return torch.cat(pieces), conditional, marginal, where
 
 
 def auto_estimate(
@@ -433,41 +302,16 @@ def auto_estimate(
         n_test = int(round(n * test_fraction))
         folds = [order[:n_test], order[n_test:]]
     train = torch.cat(folds[1:])
-    fit_index, valid_index = _split(train, config.valid_fraction)
+    fit_index, valid_index = split(train, config.valid_fraction)
     gx, gy = Gaussianizer(x), Gaussianizer(y)
     zx, zy = gx(x).double(), gy(y).double()
     fit, valid = (zx[fit_index], zy[fit_index]), (zx[valid_index], zy[valid_index])
 
-    # The copula family is chosen on the joint likelihood log q(x, y): its closed-form MI
-    # needs q(y|x) and q(y) from one family.
-    copulas: list[_Density] = []
-    for name, fit_copula in _COPULA_FITS.items():
-        if name == "Student-t copula" and not config.student:
-            continue
-        start = time.perf_counter()
-        fitted = fit_copula(*fit)
-        seconds = time.perf_counter() - start
-        copulas.append(_Density(name, fitted.log_joint, seconds, copula=fitted))
-    which, records_joint = _choose(copulas, valid, config.margin, config.min_gain)
-    family = copulas[which]
-    assert family.copula is not None
-    conditional, marginal = _copula_densities(family.copula, family.seconds)
-    conditionals: list[_Density] = [conditional]
-    marginals: list[_Density] = [marginal]
-    if config.flows:
-        canon = _Canonical(*fit)
-        for index, kind in enumerate(config.flows):
-            # the selection's flows may take half the budget; the cross-fitting the rest
-            left = 2 * (len(config.flows) - index)
-            half = deadline - config.time_budget / 2
-            flows = _flow_densities(
-                kind, canon, fit, valid, config, seed, deadline=half, trainings_left=left
-            )
-            conditionals.append(flows["conditional"])
-            marginals.append(flows["marginal"])
-
-    which_c, records_c = _choose(conditionals, valid, config.margin, config.min_gain)
-    which_m, records_m = _choose(marginals, valid, config.margin, config.min_gain)
+    family, conditionals, marginals, records_joint = _candidates(
+        fit, valid, config, seed, deadline
+    )
+    which_c, records_c = choose(conditionals, valid, config.margin, config.min_gain)
+    which_m, records_m = choose(marginals, valid, config.margin, config.min_gain)
     conditional, marginal = conditionals[which_c], marginals[which_m]
     details: dict = {
         "marginal_map": "gaussianize",
@@ -493,41 +337,13 @@ def auto_estimate(
         )
         if not math.isinf(copula.dof):
             details["dof"] = copula.dof
-        conditional, marginal = _copula_densities(copula, 0.0)
+        conditional, marginal = copula_densities(copula, 0.0)
         n_test = n
     else:
-        chosen = (conditional.name, marginal.name)
-        fold_cost = conditional.seconds + marginal.seconds
-        pieces = []
-        for k, test in enumerate(folds if config.folds > 1 else folds[:1]):
-            if k > 0 and time.perf_counter() + fold_cost > deadline:
-                break  # out of time: the folds done so far
-            if k > 0:
-                rest = torch.cat([f for j, f in enumerate(folds) if j != k])
-                conditional, marginal = _refit(
-                    chosen,
-                    (zx, zy),
-                    *_split(rest, config.valid_fraction),
-                    config,
-                    seed + k,
-                    deadline,
-                )
-            with torch.no_grad():
-                pieces.append(
-                    conditional.log_prob(zx[test], zy[test])
-                    - marginal.log_prob(zx[test], zy[test])
-                )
-        terms = torch.cat(pieces)
+        terms, conditional, marginal, details["evaluated_on"] = _cross_fit(
+            (conditional, marginal), (zx, zy), folds, config, seed, deadline
+        )
         mi = float(terms.mean())
-        if config.folds == 1:
-            details["evaluated_on"] = "held-out test split"
-        elif len(pieces) == config.folds:
-            details["evaluated_on"] = f"{config.folds}-fold cross-fitting"
-        else:
-            details["evaluated_on"] = (
-                f"{len(pieces)} of {config.folds} cross-fitting folds (time budget of "
-                f"{config.time_budget:g} s)"
-            )
         n_test = len(terms)
     std_error = float(terms.std() / math.sqrt(len(terms))) if len(terms) > 1 else math.nan
     details["reason"] = _reason(conditional.name, marginal.name, records_c, records_m, closed)
@@ -559,7 +375,7 @@ def _near_singular(corr: Tensor) -> bool:
 
 
 def _budget_warnings(
-    conditional: _Density, marginal: _Density, candidates: list[_Density], config: AutoConfig
+    conditional: Density, marginal: Density, candidates: list[Density], config: AutoConfig
 ) -> tuple[str, ...]:
     """A chosen flow, or a flow that lost, stopped by its budget while still improving."""
     found = [
@@ -575,10 +391,12 @@ def _budget_warnings(
         - {conditional.name, marginal.name}
     )
     if cut:
+        what = " and ".join(cut)
+        verb = "were" if len(cut) > 1 else "was"
         found.append(
-            f"the {' and '.join(cut)} stopped at its budget before it converged and was not "
-            "chosen; with more time it might have been: raise AutoConfig.max_seconds, "
-            "max_epochs or time_budget (a loaded machine runs fewer epochs in the same time)"
+            f"the {what} stopped at the budget before converging and {verb} not chosen; with "
+            "more time a flow might have been: raise AutoConfig.max_seconds, max_epochs or "
+            "time_budget (a loaded machine runs fewer epochs in the same time)"
         )
     return tuple(found)
 

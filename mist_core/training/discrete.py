@@ -21,15 +21,8 @@ from torch import Tensor, nn
 
 from mist_core._rng import seeded, seeded_permutation
 from mist_core.marginals import Gaussianizer
-from mist_core.training.auto import (
-    AutoConfig,
-    AutoDoE,
-    AutoOutcome,
-    _choose,
-    _Density,
-    _split,
-    _train_flow,
-)
+from mist_core.training.auto import AutoConfig, AutoDoE, AutoOutcome
+from mist_core.training.candidates import Density, choose, split, train_density
 
 __all__ = ["MAX_CLASSES", "discrete_codes", "discrete_estimate"]
 
@@ -83,7 +76,7 @@ def _fit(
     valid: Tensor,
     config: AutoConfig,
     seed: int,
-) -> tuple[_Density, _Density]:
+) -> tuple[Density, Density]:
     """A classifier q(y|x) of ``kind`` and the class frequencies q(y) of ``fit``."""
     with seeded(seed):
         net = _classifier(kind, z.shape[1], k, config)
@@ -95,10 +88,10 @@ def _fit(
     start = time.perf_counter()
     # a classifier's loss is smooth and its optimum near: ten times the flows' rate
     fast = replace(config, lr=10 * config.lr)
-    epochs, stopped_by = _train_flow(
+    epochs, stopped_by = train_density(
         net, log_conditional, (z[fit], codes[fit]), (z[valid], codes[valid]), fast, seed
     )
-    conditional = _Density(
+    conditional = Density(
         _NAMES[kind], log_conditional, time.perf_counter() - start, epochs, net, stopped_by
     )
     counts = torch.bincount(codes[fit], minlength=k).double() + 0.5  # unseen classes: 1/2
@@ -107,7 +100,7 @@ def _fit(
     def log_marginal(x: Tensor, y: Tensor) -> Tensor:
         return log_freq[y.clamp_min(0)].masked_fill(y < 0, -math.inf)
 
-    return conditional, _Density("class frequencies", log_marginal)
+    return conditional, Density("class frequencies", log_marginal)
 
 
 def discrete_estimate(
@@ -121,10 +114,10 @@ def discrete_estimate(
     z, codes = gx(x).float(), codes_of(y)
     order = seeded_permutation(n, seed)
     folds = list(torch.tensor_split(order, max(config.folds, 2)))
-    fit, valid = _split(torch.cat(folds[1:]), config.valid_fraction)
+    fit, valid = split(torch.cat(folds[1:]), config.valid_fraction)
     kinds = ("logistic", "mlp") if config.flows else ("logistic",)
     candidates = [_fit(kind, k, z, codes, fit, valid, config, seed) for kind in kinds]
-    which, records = _choose(
+    which, records = choose(
         [c[0] for c in candidates], (z[valid], codes[valid]), config.margin, config.min_gain
     )
     kind = kinds[which]
@@ -134,7 +127,7 @@ def discrete_estimate(
         if index > 0:
             rest = torch.cat([f for j, f in enumerate(folds) if j != index])
             conditional, marginal = _fit(
-                kind, k, z, codes, *_split(rest, config.valid_fraction), config, seed + index
+                kind, k, z, codes, *split(rest, config.valid_fraction), config, seed + index
             )
         with torch.no_grad():
             pieces.append(

@@ -178,30 +178,7 @@ def estimate_mi(
                 "estimator_options and hidden_dims set a named estimator; estimator='auto' "
                 "takes its candidates and budget from auto=AutoConfig(...)"
             )
-        codes = discrete_codes(y_t)
-        if codes is not None:
-            outcome = discrete_estimate(x_t, y_t, codes, seed=seed, config=auto)
-        else:
-            outcome = auto_estimate(x_t, y_t, test_fraction=test_fraction, seed=seed, config=auto)
-        return EstimateResult(
-            mi=outcome.mi,
-            std_error=outcome.std_error,
-            estimator=outcome.estimator,
-            log=_empty_log(),
-            model=outcome.model,
-            n_train=outcome.n_train,
-            n_test=outcome.n_test,
-            seconds=time.perf_counter() - start,
-            details=outcome.details,
-            warnings=outcome.warnings
-            + reliability_warnings(
-                outcome.log_ratio,
-                estimator=outcome.estimator,
-                mi=outcome.mi,
-                std_error=outcome.std_error,
-                y=y_t,
-            ),
-        )
+        return _auto_result(x_t, y_t, test_fraction, seed, auto, start)
     order = seeded_permutation(n, seed)
     train = [x_t[order[n_test:]], y_t[order[n_test:]]]
     test = [x_t[order[:n_test]], y_t[order[:n_test]]]
@@ -250,6 +227,36 @@ def estimate_mi(
         seconds=time.perf_counter() - start,
         details={"marginal_map": marginal_map_name(standardize) or "none"},
         warnings=tuple(dict.fromkeys(result.warnings + more)),
+    )
+
+
+def _auto_result(
+    x: Tensor, y: Tensor, test_fraction: float, seed: int, config: AutoConfig | None, start: float
+) -> EstimateResult:
+    """``estimator="auto"``: a classifier for a discrete y, else the chosen densities."""
+    codes = discrete_codes(y)
+    if codes is not None:
+        outcome = discrete_estimate(x, y, codes, seed=seed, config=config)
+    else:
+        outcome = auto_estimate(x, y, test_fraction=test_fraction, seed=seed, config=config)
+    checks = reliability_warnings(
+        outcome.log_ratio,
+        estimator=outcome.estimator,
+        mi=outcome.mi,
+        std_error=outcome.std_error,
+        y=y,
+    )
+    return EstimateResult(
+        mi=outcome.mi,
+        std_error=outcome.std_error,
+        estimator=outcome.estimator,
+        log=_empty_log(),
+        model=outcome.model,
+        n_train=outcome.n_train,
+        n_test=outcome.n_test,
+        seconds=time.perf_counter() - start,
+        details=outcome.details,
+        warnings=outcome.warnings + checks,
     )
 
 

@@ -19,7 +19,8 @@ from bench.accuracy.bmi40 import BMI40_TASKS
 from mist_core import estimate_mi
 from mist_core.estimators.copula import fit_gaussian_copula
 from mist_core.marginals import Gaussianizer
-from mist_core.training.auto import AutoConfig, _choose, _Density
+from mist_core.training.auto import AutoConfig
+from mist_core.training.candidates import Density, choose
 
 N = 4000
 #: small flows, trained for at most 40 epochs (about 1 s a task on one thread)
@@ -146,8 +147,8 @@ def test_monotone_maps_do_not_change_a_closed_form_estimate():
 # -- the margin rule --------------------------------------------------------------------------
 
 
-def _density(name: str, scores: torch.Tensor) -> _Density:
-    return _Density(name, lambda x, y: scores)
+def _density(name: str, scores: torch.Tensor) -> Density:
+    return Density(name, lambda x, y: scores)
 
 
 def test_a_candidate_must_win_by_the_margin():
@@ -166,7 +167,7 @@ def test_a_candidate_must_win_by_the_margin():
         _density("tiny", base + 1e-3),  # gain 1e-3 < min_gain, standard error 0
         _density("noisy", base + 0.01 + noise),  # gain 0.01 < 2 x 0.022
     ]
-    chosen, records = _choose(candidates, valid, margin=2.0, min_gain=2e-3)
+    chosen, records = choose(candidates, valid, margin=2.0, min_gain=2e-3)
     assert chosen == 0
     assert [r["name"] for r in records] == ["base", "tie", "tiny", "noisy"]
     assert records[1]["gain_over_choice"] == pytest.approx(0.0, abs=1e-12)
@@ -182,14 +183,12 @@ def test_a_candidate_must_win_by_the_margin():
         _density("broken", (clear + 1.0).index_fill(0, torch.tensor([0]), -math.inf)),
         _density("nan", torch.full((n,), math.nan, dtype=torch.float64)),
     ]
-    chosen, records = _choose(candidates, valid, margin=2.0, min_gain=2e-3)
+    chosen, records = choose(candidates, valid, margin=2.0, min_gain=2e-3)
     assert chosen == 4
     # later candidates are compared with "clear", the current choice, not with "base"
     assert records[6]["gain_over_choice"] == pytest.approx(-0.1)
 
-    chosen, _ = _choose(
-        candidates[:4] + [_density("clearly better", base + 0.5)], valid, 2.0, 2e-3
-    )
+    chosen, _ = choose(candidates[:4] + [_density("clearly better", base + 0.5)], valid, 2.0, 2e-3)
     assert chosen == 4
 
 
