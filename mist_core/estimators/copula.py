@@ -40,7 +40,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import special
 from torch import Tensor
 
 __all__ = [
@@ -66,7 +65,7 @@ def _student_entropy(k: int, dof: float) -> float:
         math.lgamma(half)
         - math.lgamma(half_k)
         + 0.5 * k * math.log(dof * math.pi)
-        + half_k * (float(special.digamma(half_k)) - float(special.digamma(half)))
+        + half_k * (_digamma(half_k) - _digamma(half))
     )
 
 
@@ -87,18 +86,26 @@ def logdet_bias(p: int, n: int) -> float:
     if p == 0:
         return 0.0
     dof = n - 1
-    terms = special.digamma((dof - np.arange(p)) / 2.0) + math.log(2.0 / dof)
-    return float(terms.sum())
+    halves = (dof - torch.arange(p, dtype=torch.float64)) / 2.0
+    return float((torch.special.digamma(halves) + math.log(2.0 / dof)).sum())
 
 
 def _logdet(matrix: Tensor) -> float:
     return float(2.0 * torch.linalg.cholesky(matrix).diagonal().log().sum())
 
 
+def _digamma(value: float) -> float:
+    return float(torch.special.digamma(torch.tensor(value, dtype=torch.float64)))
+
+
 def _to_t(z: Tensor, dof: float) -> Tensor:
     """Gaussianised ``z: [n, d]`` to Student-t scores ``F_dof^{-1}(Phi(z))`` (float64)."""
     if math.isinf(dof):
         return z.double()
+    # imported here, not with mist_core: SciPy's BLAS starts a thread at import, and the
+    # face-drawing workers are forked from processes that import mist_core
+    from scipy import special
+
     values = z.double().cpu().numpy()
     # by symmetry, work in the lower tail where Phi(z) keeps its precision
     lower = special.ndtr(-np.abs(values))

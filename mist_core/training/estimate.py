@@ -133,16 +133,19 @@ def estimate_mi(
     empirical CDF, then the normal quantile: heavy tails and bounded supports become
     Gaussian-shaped marginals; see :mod:`mist_core.marginals`), or ``False`` (raw data).
 
-    With ``estimator="auto"`` (the default) the estimator is chosen without the truth:
-    candidate densities (Gaussian and Student-t copulas in closed form, affine and spline
-    flows) are fitted on the training split, q(y|x) and q(y) are each chosen by held-out
-    log-likelihood, and the result names the choice (``result.estimator``) and why
-    (``result.details``); see :mod:`mist_core.training.auto`. A discrete ``y`` (at most 64
-    distinct rows) gets a classifier for q(y|x) and its class frequencies for q(y)
-    (:mod:`mist_core.training.discrete`). Its data are always
-    Gaussianised; ``auto`` (an :class:`~mist_core.training.auto.AutoConfig`) sets its
-    candidates and budget, and the options of a single estimator (``max_iterations``,
-    ``hidden_dims``, ``standardize``...) do not apply.
+    With ``estimator="auto"`` (the default) the estimator is chosen without the truth
+    (:mod:`mist_core.training.auto`): the data are Gaussianised, candidate densities
+    (Gaussian and Student-t copulas in closed form, affine and spline flows) are fitted, and
+    q(y|x) and q(y) are each chosen by held-out log-likelihood; a copula that wins both
+    gives its closed-form MI on all samples less its finite-sample bias, anything else is
+    cross-fitted over five folds. ``result.estimator`` names the choice, ``result.details``
+    says why (``details["reason"]``) and on what it was evaluated. A discrete ``y`` (at most
+    64 distinct rows) gets a classifier for q(y|x) and its class frequencies for q(y)
+    (:mod:`mist_core.training.discrete`). ``auto`` (an
+    :class:`~mist_core.training.auto.AutoConfig`) sets the candidates, folds and time
+    budget; a single estimator's options (``max_iterations``, ``standardize``, ``lr``...)
+    do not apply, ``test_fraction`` only with ``AutoConfig(folds=1)``, and
+    ``estimator_options`` / ``hidden_dims`` raise.
 
     Args:
         estimator: ``"auto"`` or one of :data:`mist_core.estimators.ESTIMATORS`.
