@@ -36,6 +36,10 @@ def die_with_parent():  # so that nothing is left if the test itself is killed
 
 
 die_with_parent()
+# Ctrl-C in a terminal raises KeyboardInterrupt. A process started in the background by a
+# non-interactive shell inherits SIGINT ignored, and Python then leaves it ignored: the
+# cases would outlive SIGINT for that reason alone, so the handler is put back.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 CONFIG = preset("demo-cpu", train_size=200_000, test_size=500, image_size=(64, 52))
 
