@@ -77,8 +77,15 @@ def hpd_rank(log_prob: np.ndarray, log_prob_at_truth: float) -> float:
     if not math.isfinite(log_prob_at_truth):
         return 1.0 if log_prob_at_truth < 0 else 0.0
     top = flat.max()
-    probs = np.exp(flat - top)
-    return float(probs[flat > log_prob_at_truth].sum() / probs.sum())
+    if np.isnan(flat).any() or not math.isfinite(top):
+        raise ValueError(
+            "log_prob has NaN pixels, infinite ones, or none above -inf: the density is broken "
+            "(a diverged training?); retrain, or evaluate a run whose curves stayed finite"
+        )
+    probs = np.exp(flat - top)  # a pixel at -inf weighs 0
+    # The sum over a subset can exceed the total by an ulp when the subset is nearly all
+    # of the grid (summed in other blocks): the rank is a fraction, so it is clipped.
+    return min(1.0, float(probs[flat > log_prob_at_truth].sum() / probs.sum()))
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ def _train(root: Path, **changes) -> str:
         assert job.wait(timeout=300), "the fixture's tiny training did not end within 5 min"
         snap = job.snapshot()
         assert snap.state.value == "finished", f"the fixture's training failed: {snap.error}"
+        # "finished; the posterior regions could not be checked (...)" leaves no calibration
+        assert snap.message == "finished", f"the fixture's run: {snap.message}"
         return snap.run_name
 
 

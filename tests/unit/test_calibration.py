@@ -84,6 +84,37 @@ def test_rank_bounds_and_errors():
         coverage([0.2], levels=(1.0,))
 
 
+def test_rank_of_a_truth_below_nearly_every_pixel_is_at_most_one():
+    """The mass of all pixels but one negligible one, summed in other blocks than the
+    total, came out one ulp above 1 (CI's tiny run: its calibration then failed)."""
+    rng = np.random.default_rng(0)
+    over = 0
+    for _ in range(300):
+        flat = rng.normal(0.0, 3.0, int(rng.integers(10, 400)))
+        k = int(rng.integers(0, flat.size))
+        flat[k] = flat.min() - 40.0  # exp(-40) of the mass: below an ulp of the total
+        top = flat.max()
+        probs = np.exp(flat - top)
+        over += probs[flat > flat[k]].sum() / probs.sum() > 1.0  # what the sum alone gives
+        rank = hpd_rank(flat, float(flat[k]) + 1e-9)
+        assert 0.0 <= rank <= 1.0
+        assert rank == pytest.approx(1.0)
+    assert over > 0, "no case where the plain ratio overshoots: the test would prove nothing"
+    coverage([hpd_rank(flat, float(flat[k]) + 1e-9)])  # accepted
+
+
+def test_rank_of_a_broken_density_is_an_error_not_a_number():
+    grid = np.zeros((4, 4))
+    assert hpd_rank(np.where(np.eye(4) > 0, -math.inf, grid), 0.5) == 0.0  # -inf weighs 0
+    for bad in (math.nan, math.inf):
+        broken = grid.copy()
+        broken[1, 2] = bad
+        with pytest.raises(ValueError, match="density is broken"):
+            hpd_rank(broken, 0.0)
+    with pytest.raises(ValueError, match="density is broken"):
+        hpd_rank(np.full((2, 2), -math.inf), 0.0)
+
+
 def test_an_experiment_is_evaluated_face_by_face_on_the_pages_grids():
     from mist_core.calibration import evaluate_calibration
     from mist_core.experiment import LandmarkExperiment, preset
