@@ -86,6 +86,7 @@ def _train_tiny_run(root: Path) -> str:
         assert job.wait(timeout=300), "the fixture's tiny training did not end within 5 min"
         snap = job.snapshot()
         assert snap.state.value == "finished", f"the fixture's training failed: {snap.error}"
+        assert snap.message == "finished", f"the fixture's run: {snap.message}"  # calibrated
         return snap.run_name
     finally:
         torch.set_num_threads(saved)
