@@ -1,7 +1,7 @@
 """mist_core against torch-mist 0.2.17, side by side in one process.
 
     python -m bench.peer [--threads 1,2] [--repeats 5] [--workloads heads,posterior,epoch]
-        [--device cpu|cuda]
+        [--device cpu|cuda] [--normalization emanorm|none]
 
 torch-mist is not a dependency of mist: install it in a venv of its own beside mist's
 requirements (its pins fight ours: numpy < 2), then run this module with that venv's
@@ -22,7 +22,8 @@ Workloads, samples per second, median of ``--repeats``:
   conditional affine autoregressive q(landmark | representation) with hidden [128, 64],
   one q(landmark) per landmark shared by its 3 heads), one Adam step per batch of 128 on
   precomputed features. torch-mist's side runs with ``normalization=None``: its
-  ``emanorm`` crashes in training.
+  ``emanorm`` crashes in training. mist_core's heads have EMA standardisers (the seed's),
+  or none with ``--normalization none`` (the same settings as torch-mist's side).
 - **posterior**: log q over the full 178 x 218 pixel grid for the 15 heads, one image.
 
 - **epoch** (``--workloads epoch``): the seed's full model, 3 ResNet18 encoders (random init
@@ -53,6 +54,8 @@ import torch
 
 from bench.record import environment
 from mist_core import MultiMIEstimator
+from mist_core.distributions import conditional_transformed_normal, transformed_normal
+from mist_core.estimators import DoE
 from mist_core.experiment import instantiate_estimators
 from mist_core.precision import resolve_precision
 from mist_core.training import make_optimizer
@@ -78,16 +81,35 @@ def have_torch_mist() -> bool:
 # -- models -----------------------------------------------------------------------------------
 
 
-def mist_heads(stacked: bool = True) -> MultiMIEstimator:
+def _bare_heads() -> dict:
+    """The seed's 15 heads built with ``normalization=None`` (``instantiate_estimators``
+    always standardises): one q(landmark) per landmark shared by its 3 heads."""
+    estimators = {}
+    for landmark in LANDMARKS:
+        q_y = transformed_normal(2, hidden_dims=MARGINAL_HIDDEN, normalization=None)
+        for name in REPRESENTATIONS:
+            q_y_x = conditional_transformed_normal(
+                2, context_dim=FEATURES, hidden_dims=HIDDEN, normalization=None
+            )
+            estimators[(name, landmark)] = DoE(q_Y_given_X=q_y_x, q_Y=q_y)
+    return estimators
+
+
+def mist_heads(stacked: bool = True, normalization: str | None = "emanorm") -> MultiMIEstimator:
+    """The 15 heads, with EMA standardisers (the seed's) or none; ``stacked=False`` forces
+    the plain per-head loop."""
     torch.manual_seed(0)
-    model = MultiMIEstimator(
-        instantiate_estimators(
-            {name: FEATURES for name in REPRESENTATIONS},
-            LANDMARKS,
-            hidden_dims=HIDDEN,
-            marginal_hidden_dims=MARGINAL_HIDDEN,
+    if normalization is None:
+        model = MultiMIEstimator(_bare_heads())
+    else:
+        model = MultiMIEstimator(
+            instantiate_estimators(
+                {name: FEATURES for name in REPRESENTATIONS},
+                LANDMARKS,
+                hidden_dims=HIDDEN,
+                marginal_hidden_dims=MARGINAL_HIDDEN,
+            )
         )
-    )
     model.stack_heads = stacked and model.stack_heads
     return model.to(DEVICE)
 
@@ -359,7 +381,14 @@ def main(argv: list[str] | None = None) -> int:
         help="cpu or cuda[:N]. On cuda mist_core's trained encoder takes bfloat16 training "
         "steps (precision='auto'); the heads stay float32 on both sides",
     )
+    parser.add_argument(
+        "--normalization",
+        default="emanorm",
+        choices=("emanorm", "none"),
+        help="heads, posterior: mist_core's standardisers (default emanorm, the seed's)",
+    )
     args = parser.parse_args(argv)
+    normalization = None if args.normalization == "none" else args.normalization
     global DEVICE
     DEVICE = torch.device(args.device)
     if DEVICE.type == "cuda" and not torch.cuda.is_available():
@@ -383,15 +412,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
         if "heads" in workloads:
             peaks: list[float] = []
-            rates = _time_steps(heads_step_mist(mist_heads()), args.steps, args.repeats, peaks)
+            rates = _time_steps(heads_step_mist(mist_heads(normalization=normalization)),
+                                args.steps, args.repeats, peaks)  # fmt: skip
             fast = statistics.median(rates)
             plain = statistics.median(
-                _time_steps(heads_step_mist(mist_heads(stacked=False)), args.steps,
+                _time_steps(heads_step_mist(mist_heads(False, normalization)), args.steps,
                             args.repeats)
             )  # fmt: skip
-            row = f"heads, {threads} thread(s): mist_core {fast:,.0f} samples/s " + (
-                f"(one head at a time: {plain:,.0f})"
-            )
+            row = f"heads ({args.normalization}), {threads} thread(s): mist_core {fast:,.0f} "
+            row += f"samples/s (one head at a time: {plain:,.0f})"
             if peer:
                 theirs = statistics.median(
                     _time_steps(heads_step_peer(peer_heads()), args.steps, args.repeats)
@@ -409,7 +438,9 @@ def main(argv: list[str] | None = None) -> int:
             print(row, flush=True)
             lines.append(row)
         if "posterior" in workloads:
-            ours = statistics.median(posterior_seconds(mist_heads(), False, args.repeats))
+            ours = statistics.median(
+                posterior_seconds(mist_heads(normalization=normalization), False, args.repeats)
+            )
             row = f"posterior (15 heads, {GRID[0]}x{GRID[1]} grid), {threads} thread(s): "
             row += f"mist_core {ours:.3f} s"
             if peer:

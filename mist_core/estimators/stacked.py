@@ -29,6 +29,11 @@ and dispatch overhead on tiny matrices, and 15 marginal evaluations for 5 margin
   exactly as the plain loop counts it.
 - The running statistics are updated with one reduction per batch tensor and one
   ``lerp_`` per role.
+- **Heads without standardisers** (built with ``normalization=None``) stack too: an
+  absent standardiser (of the targets, the contexts or the marginals) is the identity,
+  mean 0 and scale 1, with no running statistics and no log-determinant (:class:`_NoNorms`);
+  the representations enter the products as they are. Each kind must be present in every
+  head or in none: heads that mix the two take the plain loop.
 
 Anything that replaces a head's tensors (``.to(device)``, ``load_state_dict(assign=True)``,
 a deep copy, unpickling) leaves them apart from the stacks: :meth:`StackedHeads.valid`
@@ -101,6 +106,7 @@ class _Norms:
     mean: Tensor
     std: Tensor
     initialized: Tensor
+    identity = False  # (a class attribute, not a field: see :class:`_NoNorms`)
 
     @classmethod
     def build(cls, norms: Sequence[EMANorm]) -> _Norms:
@@ -161,6 +167,38 @@ class _Norms:
         return bool((mean == mean[:1]).all() & (std == std[:1]).all())
 
 
+class _NoNorms:
+    """Absent standardisers (``normalization=None``) of ``n`` rows, as :class:`_Norms`: the
+    identity, mean 0 and scale 1 ``[n, D]``, no running statistics to update, and so no
+    log-determinant (``-log 1 = 0``)."""
+
+    identity = True
+
+    def __init__(self, n: int, features: int, like: Tensor) -> None:
+        self.mean = like.new_zeros(n, features)
+        self.std = like.new_ones(n, features)
+
+    def places(self) -> list[tuple[nn.Module, str]]:
+        return []  # no buffers: nothing can be moved or replaced
+
+    def observe(self, *args: object) -> None:
+        pass  # nothing to observe
+
+    def scale(self) -> Tensor:
+        return self.std
+
+    def rows_equal(self, rows: slice) -> bool:
+        return True
+
+
+def _norms(norms: Sequence[EMANorm | None], features: int, like: Tensor) -> _Norms | _NoNorms:
+    """The stacked standardisers of one kind: every row's :class:`EMANorm`, or none in any
+    row (:func:`~mist_core.estimators.stacked_layout.stackable` allows no mix)."""
+    if norms[0] is None:
+        return _NoNorms(len(norms), features, like)
+    return _Norms.build(norms)  # type: ignore[arg-type]
+
+
 def _moments(
     batch: Mapping[str, Tensor],
     keys: Sequence[str],
@@ -194,7 +232,8 @@ class StackedHeads:
 
     Built from ``pairs[i] = (x_key, y_key)``, ``heads[i]`` (which :func:`stackable`
     accepts) and their :class:`StackedParameters`; the EMA standardisers' buffers become
-    views of stacked storage. Not an ``nn.Module``: it owns no parameters.
+    views of stacked storage (absent standardisers, ``normalization=None``, are the
+    identity: :class:`_NoNorms`). Not an ``nn.Module``: it owns no parameters.
     """
 
     def __init__(
@@ -217,7 +256,9 @@ class StackedHeads:
         self.y_keys = [pairs[i][1] for i in order]
         parts = [_conditional_parts(heads[i]) for i in order]
         made = [p[2] for p in parts]  # type: ignore[index]
-        self.d = parts[0][0].features  # type: ignore[index]
+        q = heads[order[0]].q_Y_given_X
+        self.d, context_features = q.features, q.context_features
+        like = weights.roles[0].data  # the device and dtype of the absent standardisers
         linears = [_linears(m) for m in made]
         n_layers = len(linears[0])
         self.hidden = linears[0][0].weight.shape[0]
@@ -227,8 +268,8 @@ class StackedHeads:
         (self.context_weight, self.context_bias), roles = roles[:2], roles[2:]
         self.masks = [_masks([ls[j] for ls in linears]) for j in range(n_layers)]
         self.masks[0] = self.masks[0][:, :, : self.d]  # the context columns are all ones
-        self.y_norms = _Norms.build([p[0] for p in parts])  # type: ignore[index]
-        self.context_norms = _Norms.build([p[1] for p in parts])  # type: ignore[index]
+        self.y_norms = _norms([p[0] for p in parts], self.d, like)  # type: ignore[index]
+        self.context_norms = _norms([p[1] for p in parts], context_features, like)  # type: ignore[index]
 
         # marginals: one row each, in first-use order; row of each head's marginal
         marginals = _marginals_in_order(heads, order)
@@ -247,7 +288,7 @@ class StackedHeads:
         m_layers = len(marginal_linears[0])
         self.marginal_layers, self.marginal_biases = roles[:m_layers], roles[m_layers:]
         self.marginal_masks = [_masks([ls[j] for ls in marginal_linears]) for j in range(m_layers)]
-        self.marginal_norms = _Norms.build([p[0] for p in marginal_parts])  # type: ignore[index]
+        self.marginal_norms = _norms([p[0] for p in marginal_parts], self.d, like)  # type: ignore[index]
 
         #: the stacked parameters, in the order :class:`_StackedDoE` takes them
         self.params = weights.roles
@@ -372,6 +413,21 @@ def _hidden_backward(
     return d_weights[::-1], d_biases[::-1], grad if input_grad else None
 
 
+def _context(
+    norms: _Norms | _NoNorms, scale: Tensor, x: Tensor, rows: slice
+) -> tuple[Tensor, Tensor | None]:
+    """The representation ``x: [B, C]`` standardised for the heads ``rows``: ``[B, C]``
+    once when their standardisers hold the same statistics, ``x`` itself when there are
+    none, else ``[k, B, C]`` per head; and the scale it was divided by (None: none)."""
+    if norms.identity:
+        return x, None
+    if norms.rows_equal(rows):
+        # subtract first: x * (1 / scale) - mean / scale cancels digits for raw features
+        # far from zero (means near 1,000 lost 3 digits of the gradient)
+        return (x - norms.mean[rows.start]) / scale[rows.start], scale[rows.start]
+    return (x - norms.mean[rows, None]) / scale[rows, None], scale[rows, None]
+
+
 class _StackedDoE(torch.autograd.Function):
     """log q(y | x) ``[n, B]`` and log q(y) ``[m, B]`` of every head and marginal, with a
     hand-written backward pass: autograd would record ~300 small operations a step and copy
@@ -393,25 +449,21 @@ class _StackedDoE(torch.autograd.Function):
         w_context, b_context = stack.context_weight.stack, stack.context_bias.stack
 
         # first layer (context columns) and linear context path: one product per
-        # representation, on x standardised once (or per head when the statistics differ)
+        # representation, on x standardised once (per head when the statistics differ; not
+        # at all for heads without context standardisers)
         context_scale = stack.context_norms.scale()
         first, linear, x_std, x_scale = [], [], [], []
         for x, (_, rows) in zip(inputs[:n_groups], stack.groups, strict=True):
             k = rows.stop - rows.start
             w = w1[rows, :, d:]  # [k, H, C], rows D + C apart: no copy
-            if stack.context_norms.rows_equal(rows):
-                scale_g = context_scale[rows.start]
-                # subtract first: x * (1 / scale) - mean / scale cancels digits for raw
-                # features far from zero (means near 1,000 lost 3 digits of the gradient)
-                xs_g = (x - stack.context_norms.mean[rows.start]) / scale_g  # [B, C]
+            xs_g, scale_g = _context(stack.context_norms, context_scale, x, rows)
+            if xs_g.dim() == 2:  # [B, C]: one standardised x (or x itself) for the group
                 h = torch.addmm(b1[rows].flatten(), xs_g, w.flatten(0, 1).t())
                 c = torch.addmm(b_context[rows].flatten(), xs_g,
                                 w_context[rows].flatten(0, 1).t())  # fmt: skip
                 first.append(h.view(-1, k, hidden).transpose(0, 1))
                 linear.append(c.view(-1, k, 2 * d).transpose(0, 1))
-            else:  # heads loaded from different runs: each with its own statistics
-                scale_g = context_scale[rows, None]
-                xs_g = (x - stack.context_norms.mean[rows, None]) / scale_g  # [k, B, C]
+            else:  # [k, B, C]: heads loaded from different runs, each its own statistics
                 first.append(torch.baddbmm(b1[rows].unsqueeze(1), xs_g, w.transpose(1, 2)))
                 linear.append(torch.baddbmm(b_context[rows].unsqueeze(1), xs_g,
                                             w_context[rows].transpose(1, 2)))  # fmt: skip
@@ -486,7 +538,7 @@ class _StackedDoE(torch.autograd.Function):
             k = rows.stop - rows.start
             xs_g, dh, dc = x_std[g], d_pre1[rows], d_phi[rows]  # [k, B, H], [k, B, 2D]
             needs = ctx.needs_input_grad[2 + g]
-            if xs_g.dim() == 2:  # standardised once: [B, C]
+            if xs_g.dim() == 2:  # standardised once (or not at all): [B, C]
                 dh = dh.transpose(0, 1).reshape(-1, k * hidden)  # [B, k H]
                 dc = dc.transpose(0, 1).reshape(-1, k * 2 * d)  # [B, k 2D]
                 torch.mm(dh.t(), xs_g, out=d_w1[rows, :, d:].flatten(0, 1))
@@ -503,7 +555,8 @@ class _StackedDoE(torch.autograd.Function):
                     if needs else None
                 )  # fmt: skip
             if grad_x is not None:
-                grad_x = grad_x.div_(ctx.x_scale[g])
+                if ctx.x_scale[g] is not None:  # None: no context standardiser
+                    grad_x = grad_x.div_(ctx.x_scale[g])
                 grad_x = grad_x.sum(0) if grad_x.dim() == 3 else grad_x
             grad_xs.append(grad_x)
 

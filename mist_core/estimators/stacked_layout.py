@@ -2,8 +2,12 @@
 
 :func:`stackable` says when the fast path of :mod:`mist_core.estimators.stacked` applies:
 every head a :class:`DoE` whose q(y|x) is one affine masked autoregressive layer
-(``n_transforms=1``, D >= 2) with EMA standardisers, the same widths everywhere, and
-marginals of one architecture, each used with one target.
+(``n_transforms=1``, D >= 2), the same widths everywhere, and marginals of one
+architecture, each used with one target. Each kind of standardiser (the targets' in the
+conditionals, the contexts', the marginals') must be an :class:`EMANorm` of the same
+settings in every head (``normalization="emanorm"``, the seed's) or absent in every head
+(``normalization=None``: the fast path treats it as the identity). Heads that mix the two,
+some standardised and some not, take the plain loop.
 
 :func:`weight_owners` lists, for each kind of weight, the module holding it in every head;
 :class:`StackedParameters` turns each kind into one ``[n_heads, ...]`` parameter and makes
@@ -44,31 +48,44 @@ def _affine_made(made: nn.Module, conditional: bool) -> bool:
     )
 
 
-def _conditional_parts(head: nn.Module) -> tuple[EMANorm, EMANorm, _MaskedAutoregressive] | None:
-    """(y standardiser, context standardiser, the MADE layer), or None if not stackable."""
+def _flow_layers(q: nn.Module, norm: nn.Module | None) -> list[nn.Module] | None:
+    """The flow's layers after its standardiser (``[norm, *rest]``, or all when ``norm`` is
+    None); None if ``norm`` is neither an :class:`EMANorm` in front nor absent."""
+    layers = list(q.flow.transform.transforms)
+    if norm is None:
+        return layers
+    if not isinstance(norm, EMANorm) or not layers or layers[0] is not norm:
+        return None
+    return layers[1:]
+
+
+def _conditional_parts(
+    head: nn.Module,
+) -> tuple[EMANorm | None, EMANorm | None, _MaskedAutoregressive] | None:
+    """(y standardiser, context standardiser, the MADE layer), or None if not stackable; a
+    standardiser is None where the head has none (``normalization=None``)."""
     if not isinstance(head, DoE):
         return None
     q = head.q_Y_given_X
     if not isinstance(q, ConditionalTransformedNormal):
         return None
-    if not isinstance(q.normalization, EMANorm) or not isinstance(
-        q.context_normalization, EMANorm
-    ):
+    context_norm = q.context_normalization
+    if context_norm is not None and not isinstance(context_norm, EMANorm):
         return None
-    layers = list(q.flow.transform.transforms)
-    if len(layers) != 2 or layers[0] is not q.normalization or not _affine_made(layers[1], True):
+    layers = _flow_layers(q, q.normalization)
+    if layers is None or len(layers) != 1 or not _affine_made(layers[0], True):
         return None
-    return q.normalization, q.context_normalization, layers[1]
+    return q.normalization, context_norm, layers[0]
 
 
-def _marginal_parts(q: nn.Module) -> tuple[EMANorm, _MaskedAutoregressive] | None:
-    """(standardiser, MADE) of a q(y) that can be stacked with others, or None."""
-    if not isinstance(q, TransformedNormal) or not isinstance(q.normalization, EMANorm):
+def _marginal_parts(q: nn.Module) -> tuple[EMANorm | None, _MaskedAutoregressive] | None:
+    """(standardiser or None, MADE) of a q(y) that can be stacked with others, or None."""
+    if not isinstance(q, TransformedNormal):
         return None
-    layers = list(q.flow.transform.transforms)
-    if len(layers) != 2 or layers[0] is not q.normalization or not _affine_made(layers[1], False):
+    layers = _flow_layers(q, q.normalization)
+    if layers is None or len(layers) != 1 or not _affine_made(layers[0], False):
         return None
-    return q.normalization, layers[1]
+    return q.normalization, layers[0]
 
 
 def _linears(made: nn.Module) -> list[MaskedLinear]:
@@ -79,7 +96,12 @@ def _widths(made: nn.Module) -> tuple[tuple[int, ...], ...]:
     return tuple(tuple(m.weight.shape) for m in _linears(made))
 
 
-def _same_settings(norms: Sequence[EMANorm]) -> bool:
+def _same_settings(norms: Sequence[EMANorm | None]) -> bool:
+    """Whether ``norms`` are all absent, or all :class:`EMANorm` of the same settings."""
+    if all(n is None for n in norms):
+        return True
+    if any(n is None for n in norms):
+        return False  # some heads standardised, some not
     first = norms[0]
     return all(
         (n.features, n.momentum, n.eps, n.min_scale_ratio)
@@ -99,9 +121,9 @@ def stackable(pairs: Sequence[tuple[str, str]], heads: Sequence[nn.Module]) -> b
         return False  # a conditional density shared by two heads: rows would alias
     if len({_widths(made) for _, _, made in parts}) != 1:  # type: ignore[misc]
         return False
-    for norm_y, _, made in parts:  # type: ignore[misc]
+    for head, (_, _, made) in zip(heads, parts, strict=True):  # type: ignore[misc]
         # the context feeds every first-layer unit (zuko's MADE does): one shared product
-        if not bool(made.hyper[0].mask[:, norm_y.features :].all()):
+        if not bool(made.hyper[0].mask[:, head.q_Y_given_X.features :].all()):
             return False
     if not _same_settings([p[0] for p in parts]) or not _same_settings([p[1] for p in parts]):  # type: ignore[index]
         return False
