@@ -19,7 +19,9 @@ are counted against the GPU's free memory instead):
 - activations of one training step: ``MEMORY_PER_PIXEL`` bytes per pixel per image for each
   trained encoder (measured: 450-485 for float32, 240-260 for bfloat16);
 - the training log (``LOG_ROW_BYTES`` per row, one row per step per estimator);
-- not preloaded: the DataLoader workers and their prefetched batches;
+- drawn faces not preloaded: the DataLoader workers and their prefetched batches; CelebA
+  not preloaded: the image store's decoding workers while it is built (the store itself
+  is a memory map: page cache, not the process's own memory);
 - ``SLACK`` for the allocator and everything else.
 
 Calibration (2-core VM, torch CPU, peak RSS of a fresh process above its idle state while
@@ -173,6 +175,9 @@ def _memory_parts(config: ExperimentConfig, n_train: int, on_gpu: bool) -> dict[
         parts["preparation"] = chunk + 2 * batch * source * 4
         if config.dataset == "synthetic" and n_all >= 256:
             parts["drawing workers"] = cores * DRAW_WORKER_BYTES
+    elif config.dataset == "celeba":  # the image store: a memory map (page cache) and,
+        # while it is built, one decoding worker a core, each a chunk of full-size images
+        parts["storing"] = cores * (LOADER_WORKER_BYTES + 2 * 256 * source * 4)
     else:
         loaders = max(1, config.num_workers)
         parts["loading"] = (
@@ -224,7 +229,7 @@ def _seconds(config: ExperimentConfig, on_gpu: bool) -> float:
     n_valid = int(round(n_train * config.valid_fraction))
     n_fit = n_train - n_valid
     seconds = 0.0
-    if config.preload:
+    if config.preload or config.dataset == "celeba":  # decoded once (CelebA: the store)
         seconds += (n_train + n_test) * per_image / cores
     else:
         loaders = max(1, min(config.num_workers, cores))

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _image_store_in_a_temporary_folder(tmp_path_factory):
+    """No test writes decoded CelebA images to ~/.cache/mist/images (mist_core.data.store)."""
+    saved = os.environ.get("MIST_IMAGE_CACHE")
+    os.environ["MIST_IMAGE_CACHE"] = str(tmp_path_factory.mktemp("image-store"))
+    yield
+    if saved is None:
+        os.environ.pop("MIST_IMAGE_CACHE", None)
+    else:
+        os.environ["MIST_IMAGE_CACHE"] = saved
 
 
 @pytest.fixture()

@@ -27,12 +27,24 @@ Things to know about torchvision's reader
   images in the same order as ``list_eval_partition.txt`` (the official files do).
 * A split with exactly one image makes it fail (``TypeError: iteration over a 0-d tensor``);
   this only matters for hand-made subsets.
+
+Generated folders
+-----------------
+A folder written by ``bench.celeba_like`` (drawn faces in this layout, for benchmarks) holds
+a marker file ``celeba/GENERATED_BY_MIST.txt`` (``GENERATED_MARKER``). Its annotation files
+cannot have the official MD5s, so for such a folder only, torchvision's reader runs with its
+integrity test reduced to "every expected file is there" (a private subclass of
+``torchvision.datasets.CelebA``, nothing patched globally) and an info line is logged; the
+files are then parsed by torchvision exactly as real ones. A folder without the marker gets
+the full MD5 test as before.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -45,12 +57,24 @@ from mist_core.data.landmarks import CELEBA_HEIGHT, CELEBA_WIDTH, LANDMARKS
 if TYPE_CHECKING:
     from torchvision.datasets import CelebA
 
-__all__ = ["CelebALandmarks", "CelebAMissingError", "LANDMARKS", "expected_files"]
+__all__ = [
+    "GENERATED_MARKER",
+    "CelebALandmarks",
+    "CelebAMissingError",
+    "LANDMARKS",
+    "expected_files",
+    "is_generated",
+]
+
+logger = logging.getLogger(__name__)
 
 SPLITS: Final[tuple[str, ...]] = ("train", "valid", "test", "all")
 
 _BASE_FOLDER: Final[str] = "celeba"  # fixed by torchvision.datasets.CelebA.base_folder
 _IMAGE_FOLDER: Final[str] = "img_align_celeba"
+#: In ``<root>/celeba/``: marks a folder of generated (drawn) faces, whose annotation files
+#: are not the official ones (see "Generated folders" above).
+GENERATED_MARKER: Final[str] = "GENERATED_BY_MIST.txt"
 _ANNOTATION_FILES: Final[tuple[str, ...]] = (
     "list_attr_celeba.txt",
     "identity_CelebA.txt",
@@ -113,6 +137,24 @@ def expected_files(root: str | Path) -> list[Path]:
 
 def _is_present(path: Path) -> bool:
     return path.is_dir() if path.name == _IMAGE_FOLDER else path.is_file()
+
+
+def is_generated(root: str | Path) -> bool:
+    """Whether ``<root>/celeba/`` holds generated faces (its ``GENERATED_MARKER`` file)."""
+    return (_resolve_root(root) / _BASE_FOLDER / GENERATED_MARKER).is_file()
+
+
+@functools.cache
+def _generated_celeba() -> type[CelebA]:
+    """``torchvision.datasets.CelebA`` whose integrity test asks only that every expected
+    file exists (no MD5): used for generated folders only."""
+    from torchvision.datasets import CelebA
+
+    class GeneratedCelebA(CelebA):
+        def _check_integrity(self) -> bool:
+            return all(_is_present(path) for path in expected_files(self.root))
+
+    return GeneratedCelebA
 
 
 def _missing_message(root: Path, given: Path, missing: list[Path]) -> str:
@@ -203,7 +245,8 @@ class CelebALandmarks(Dataset[dict[str, torch.Tensor]]):
     Raises:
         ValueError: ``split`` is not one of ``SPLITS``.
         CelebAMissingError: files or folders are missing (checked before torchvision runs), or
-            the annotation files fail torchvision's MD5 test.
+            the annotation files fail torchvision's MD5 test (skipped for a generated
+            folder, see the module docstring).
     """
 
     def __init__(self, root: str | Path, split: str = "train") -> None:
@@ -221,8 +264,19 @@ class CelebALandmarks(Dataset[dict[str, torch.Tensor]]):
         # importing this module should stay cheap for users of the synthetic data only.
         from torchvision.datasets import CelebA
 
+        #: a folder of drawn faces written by ``bench.celeba_like`` (no MD5 test)
+        self.generated: bool = is_generated(self.root)
+        reader = CelebA
+        if self.generated:
+            logger.info(
+                "%s is a generated folder of drawn faces (%s): its annotation files are not "
+                "MD5-checked",
+                self.root / _BASE_FOLDER,
+                GENERATED_MARKER,
+            )
+            reader = _generated_celeba()
         try:
-            self._celeba: CelebA = CelebA(
+            self._celeba: CelebA = reader(
                 str(self.root),
                 split=split,
                 target_type="landmarks",

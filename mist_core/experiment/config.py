@@ -223,8 +223,9 @@ class ExperimentConfig:
     # fast), "float32", "bfloat16"; evaluation is always float32 (mist_core.precision)
     seed: int = 0  # data subsets, initialisation and order
     feature_cache: bool = True  # reuse frozen encoders' features across epochs
-    preload: bool = True  # decode and resize all images once, in memory
-    num_workers: int = 0  # DataLoader workers (when not preloaded)
+    preload: bool = True  # decode and resize all images once, in memory (CelebA without
+    # it: once ever, into the image store on disk, mist_core.data.store)
+    num_workers: int = 0  # DataLoader workers (drawn faces when not preloaded)
 
     def __post_init__(self) -> None:
         # JSON gives lists and may give 3.0 for 3: store tuples and ints, so the config stays

@@ -1,5 +1,7 @@
 """The experiment's images: the source datasets of a config, kept decoded and resized in
-memory (:class:`_Preloaded`), the test images made on first use (:class:`_OnFirstUse`).
+memory (:class:`_Preloaded`), or for CelebA without ``preload`` decoded once into the image
+store on disk (:mod:`mist_core.data.store`: a uint8 memory map reused across runs, so no
+epoch decodes a JPEG); the test images made on first use (:class:`_OnFirstUse`).
 
 Both datasets are drawn or stored at aligned CelebA's 218 x 178 with the landmarks in that
 frame; the encoders see them at ``config.image_size``.
@@ -17,9 +19,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from mist_core._rng import seeded_permutation
 from mist_core.data.celeba import CelebALandmarks
-from mist_core.data.images import resize_images
+from mist_core.data.images import resize_images, to_uint8
 from mist_core.data.landmarks import LANDMARKS
 from mist_core.data.stopping import check_stop
+from mist_core.data.store import StoreConfig, open_store
 from mist_core.data.synthetic_faces import SyntheticFaces
 from mist_core.experiment.config import ExperimentConfig
 
@@ -57,14 +60,21 @@ def build_datasets(
     config: ExperimentConfig, stop_event: threading.Event | None = None
 ) -> dict[str, Dataset]:
     """``{"train": ..., "test": ...}``: with ``config.preload`` the training images decoded
-    and resized now, the test images on first use; else the source datasets.
+    and resized now, the test images on first use; CelebA without it, the same from the
+    image store on disk (built on first use of a dataset and size, then reused by every
+    run); drawn faces without it, the source datasets.
 
     Raises:
-        PreparationStopped: ``stop_event`` was set while preloading.
+        PreparationStopped: ``stop_event`` was set while preloading or storing.
     """
     c = config
     train, test = source_images(c, "train"), source_images(c, "test")
-    if c.preload:
+    if c.dataset == "celeba" and not c.preload:
+        store = StoreConfig(tuple(c.image_size))  # type: ignore[arg-type]
+        train = open_store(train, store, stop_event=stop_event)
+        source = test
+        test = _OnFirstUse(lambda stop: open_store(source, store, stop_event=stop), len(test))
+    elif c.preload:
         train = _Preloaded(train, c.image_size, c.batch_size, stop_event)
         # the test images are needed only at the end: made on first use, then stopped by
         # the stop event of the experiment that uses them (the data may be shared)
@@ -136,7 +146,7 @@ class _Preloaded(Dataset):
                 chunk = torch.from_numpy(drawn[start : start + batch_size])
                 chunk = chunk.permute(0, 3, 1, 2).contiguous()
                 resized = resize_images(chunk.float().div_(255.0), image_size)
-                self.images[done + start : done + start + len(chunk)] = _to_uint8(resized)
+                self.images[done + start : done + start + len(chunk)] = to_uint8(resized)
             for name, value in marks.items():
                 self.targets[name][done : done + len(drawn)] = torch.from_numpy(value)
             done += len(drawn)
@@ -157,7 +167,7 @@ class _Preloaded(Dataset):
         ):
             check_stop(stop_event, "preparing the images")
             images = batch["image"]
-            self.images[done : done + len(images)] = _to_uint8(resize_images(images, image_size))
+            self.images[done : done + len(images)] = to_uint8(resize_images(images, image_size))
             done += len(images)
             for name, value in batch.items():
                 if name != "image":
@@ -170,11 +180,6 @@ class _Preloaded(Dataset):
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         image = self.images[index].float().div_(255.0)
         return {"image": image, **{k: v[index] for k, v in self.targets.items()}}
-
-
-def _to_uint8(images: Tensor) -> Tensor:
-    """Float images in [0, 1] -> uint8 (nearest grey level)."""
-    return images.mul(255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)
 
 
 class _OnFirstUse(Dataset):

@@ -272,7 +272,9 @@ class LandmarkExperiment:
             train_idx, valid_idx = self._split_indices()
             dataset = Subset(dataset, train_idx if split == "train" else valid_idx)
         shuffle = (split == "train") if shuffle is None else shuffle
-        workers = 0 if self.config.preload else self.config.num_workers
+        # decoded images (in memory, or the store's memory map) need no loader processes
+        decoded = self.config.preload or self.config.dataset == "celeba"
+        workers = 0 if decoded else self.config.num_workers
         batch_size, sampler = self.config.batch_size, None
         world = distributed.world_size()
         if split == "train" and world > 1:

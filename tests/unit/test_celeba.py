@@ -8,6 +8,7 @@ suite does, tests that load it replace ``torchvision.datasets.celeba.check_integ
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -17,10 +18,12 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from mist_core.data.celeba import (
+    GENERATED_MARKER,
     LANDMARKS,
     CelebALandmarks,
     CelebAMissingError,
     expected_files,
+    is_generated,
 )
 
 HEIGHT, WIDTH = 218, 178
@@ -268,6 +271,31 @@ def test_wrong_checksums_without_patch(fake_root: Path) -> None:
     assert info.value.missing == ()
     for name in ANNOTATIONS:  # none of the fake files has the official MD5
         assert str(fake_root.absolute() / "celeba" / name) in str(info.value)
+
+
+def test_generated_marker_skips_only_the_md5_test(
+    fake_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A folder marked as generated loads without patching; the global check_integrity is
+    untouched, a missing annotation file is still reported, and without the marker the MD5
+    test applies again."""
+    marker = fake_root / "celeba" / GENERATED_MARKER
+    marker.write_text("drawn faces\n")
+    original = tv_celeba.check_integrity
+    with caplog.at_level(logging.INFO, logger="mist_core.data.celeba"):
+        dataset = CelebALandmarks(fake_root, split="all")
+    assert tv_celeba.check_integrity is original
+    assert dataset.generated and is_generated(fake_root)
+    assert "generated folder" in caplog.text
+    assert len(dataset) == len(NAMES)
+    assert dataset.landmarks[2].reshape(-1).tolist() == _landmarks(2)
+    (fake_root / "celeba" / "list_bbox_celeba.txt").unlink()
+    with pytest.raises(CelebAMissingError, match="MISSING"):
+        CelebALandmarks(fake_root, split="all")
+    write_fake_celeba(fake_root / "other")
+    with pytest.raises(CelebAMissingError, match="checksums"):
+        CelebALandmarks(fake_root / "other", split="all")
+    assert not is_generated(fake_root / "other")
 
 
 @pytest.mark.parametrize("split", ["training", "val", "TRAIN", ""])
