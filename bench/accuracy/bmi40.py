@@ -8,8 +8,6 @@ act on x and on y separately).
 
 What this module adds to :mod:`bench.accuracy.samplers`:
 
-- :class:`AdditiveNoise`: ``X ~ U(0, 1)``, ``Y = X + U(-eps, eps)`` for any ``eps > 0``
-  (:math:`I = \epsilon - \log 2\epsilon` for ``eps <= 1/2``, :math:`1 / (4\epsilon)` above).
 - The maps :data:`wiggly_x`, :data:`wiggly_y` (strictly increasing perturbations of the
   identity), :data:`bimodal_x`, :data:`bimodal_y` (inverse CDFs of two Gaussian mixtures,
   acting on ``(0, 1)``) and :data:`swissroll` (``(0, 1)`` -> a 2-d Swiss roll).
@@ -98,7 +96,6 @@ from bench.accuracy.samplers import (
 __all__ = [
     "BMI40_FAMILY",
     "BMI40_TASKS",
-    "AdditiveNoise",
     "MappedSampler",
     "SwissRoll",
     "bimodal_x",
@@ -111,81 +108,6 @@ __all__ = [
 #: Where the inverse mixture CDFs clamp their input: ``u`` in ``[U_CLAMP, 1 - U_CLAMP]``.
 U_CLAMP = 1e-15
 _BISECTION_TOL = 1e-12
-
-
-# --------------------------------------------------------------------------------------------
-# Additive noise of any width
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AdditiveNoise:
-    r"""``x ~ U(0, 1)``, ``n ~ U(-eps, eps)``, ``y = x + n`` (1-d each), for any ``eps > 0``.
-
-    ``p(y) = (min(1, y + eps) - max(0, y - eps)) / (2 eps)`` on ``[-eps, 1 + eps]`` and
-    :math:`H(Y | X) = \log 2\epsilon`. For ``eps <= 1/2``, :math:`H(Y) = \epsilon` and
-    :math:`I = \epsilon - \log 2\epsilon`; for ``eps > 1/2`` the density has two unit-length
-    ramps around a plateau of height ``1 / (2 eps)``, :math:`H(Y) = \log 2\epsilon +
-    1 / (4\epsilon)` and :math:`I = 1 / (4\epsilon)`. The branches agree at ``eps = 1/2``.
-    """
-
-    epsilon: float
-
-    def __post_init__(self) -> None:
-        if not (self.epsilon > 0.0 and math.isfinite(self.epsilon)):
-            raise ValueError(f"epsilon must be positive and finite, got {self.epsilon}")
-
-    @property
-    def dim_x(self) -> int:
-        return 1
-
-    @property
-    def dim_y(self) -> int:
-        return 1
-
-    def mutual_information(self) -> float:
-        eps = self.epsilon
-        return eps - math.log(2.0 * eps) if eps <= 0.5 else 1.0 / (4.0 * eps)
-
-    def entropy_y(self) -> float:
-        """:math:`H(Y)` in nats."""
-        return self.mutual_information() + math.log(2.0 * self.epsilon)
-
-    def sample(
-        self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
-    ) -> tuple[Tensor, Tensor]:
-        """``n`` pairs: ``x: [n, 1]``, ``y: [n, 1]`` (drawn in float64, cast)."""
-        x = torch.rand(n, 1, generator=generator, dtype=torch.float64)
-        noise = 2.0 * torch.rand(n, 1, generator=generator, dtype=torch.float64) - 1.0
-        return x.to(dtype), (x + self.epsilon * noise).to(dtype)
-
-    def log_density(self, x: Tensor, y: Tensor) -> Tensor:
-        """``log p(x, y)`` (``-inf`` off the support), ``[n, 1]`` each -> ``[n]`` float64."""
-        x, y = _column(x, "x"), _column(y, "y")
-        inside = (x >= 0) & (x <= 1) & ((y - x).abs() <= self.epsilon)
-        value = torch.full_like(x, -math.log(2.0 * self.epsilon))
-        return torch.where(inside, value, torch.full_like(x, -math.inf))
-
-    def log_density_x(self, x: Tensor) -> Tensor:
-        """``log p(x)``: 0 on [0, 1], ``-inf`` elsewhere; ``[n, 1]`` -> ``[n]`` float64."""
-        x = _column(x, "x")
-        return torch.where((x >= 0) & (x <= 1), torch.zeros_like(x), torch.full_like(x, -math.inf))
-
-    def log_density_y(self, y: Tensor) -> Tensor:
-        """``log p(y)`` (the trapezoid above); ``[n, 1]`` -> ``[n]`` float64."""
-        y, eps = _column(y, "y"), self.epsilon
-        width = torch.clamp(y + eps, max=1.0) - torch.clamp(y - eps, min=0.0)
-        return torch.log(torch.clamp(width, min=0.0) / (2.0 * eps))
-
-
-def _column(t: Tensor, name: str) -> Tensor:
-    """A ``[n, 1]`` (or ``[n]``) tensor as a float64 vector ``[n]``."""
-    t = torch.as_tensor(t, dtype=torch.float64)
-    if t.ndim == 2 and t.shape[1] == 1:
-        t = t[:, 0]
-    if t.ndim != 1:
-        raise ValueError(f"{name} must have shape [n, 1], got {tuple(t.shape)}")
-    return t
 
 
 # --------------------------------------------------------------------------------------------
@@ -419,7 +341,7 @@ def _build_tasks() -> tuple[dict[str, Callable[[], Sampler]], dict[str, str]]:
         "1v1-normal-0.75": ("gaussian", bn),
         "normal_cdf-1v1-normal-0.75": ("copula", lambda: _both(bn(), normal_cdf)),
         "1v1-additive-0.1": ("additive", lambda: AdditiveUniform(0.1)),
-        "1v1-additive-0.75": ("additive", lambda: AdditiveNoise(0.75)),
+        "1v1-additive-0.75": ("additive", lambda: AdditiveUniform(0.75)),
         "1v1-bimodal-0.75": (
             "copula",
             lambda: MappedSampler(bn(), (normal_cdf, bimodal_x), (normal_cdf, bimodal_y)),

@@ -13,7 +13,7 @@ Base samplers (each with ``dim_x``, ``dim_y``, ``mutual_information()``, ``entro
   :func:`multinormal_dense`, :func:`multinormal_sparse` and :func:`one_v_one_normal`.
 - :class:`StudentT`: multivariate Student-t, :math:`I` = the Gaussian MI of the dispersion
   plus a correction that depends only on the degrees of freedom and the dimensions.
-- :class:`AdditiveUniform`: ``X ~ U(0, 1)``, ``Y = X + U(-eps, eps)``.
+- :class:`AdditiveUniform`: ``X ~ U(0, 1)``, ``Y = X + U(-eps, eps)``, any ``eps > 0``.
 
 MI-preserving maps (:class:`Bijection`, coordinate-wise, each with ``inverse``): :data:`cube`,
 :data:`half_cube`, :data:`asinh`, :data:`asinh3`, :data:`normal_cdf`, :data:`identity`; and
@@ -483,20 +483,21 @@ class StudentT:
 
 @dataclass(frozen=True)
 class AdditiveUniform:
-    r"""``x ~ U(0, 1)``, ``n ~ U(-eps, eps)``, ``y = x + n`` (1-d each).
+    r"""``x ~ U(0, 1)``, ``n ~ U(-eps, eps)``, ``y = x + n`` (1-d each), for any ``eps > 0``.
 
-    For ``0 < eps <= 1/2``: :math:`H(Y) = \epsilon` (a trapezoid density),
-    :math:`H(Y | X) = \log 2\epsilon`, so :math:`I(X; Y) = \epsilon - \log 2\epsilon`.
+    ``p(y) = (min(1, y + eps) - max(0, y - eps)) / (2 eps)`` on ``[-eps, 1 + eps]`` and
+    :math:`H(Y | X) = \log 2\epsilon`. For ``eps <= 1/2`` the density is a trapezoid,
+    :math:`H(Y) = \epsilon` and :math:`I = \epsilon - \log 2\epsilon`; for ``eps > 1/2`` it
+    has two unit-length ramps around a plateau of height ``1 / (2 eps)``,
+    :math:`H(Y) = \log 2\epsilon + 1 / (4\epsilon)` and :math:`I = 1 / (4\epsilon)`. The
+    branches agree at ``eps = 1/2``.
     """
 
     epsilon: float
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.epsilon <= 0.5:
-            raise ValueError(
-                f"AdditiveUniform needs 0 < epsilon <= 0.5 (the closed form "
-                f"I = eps - log(2 eps) holds only there), got epsilon={self.epsilon}"
-            )
+        if not (self.epsilon > 0.0 and math.isfinite(self.epsilon)):
+            raise ValueError(f"epsilon must be positive and finite, got {self.epsilon}")
 
     @property
     def dim_x(self) -> int:
@@ -507,11 +508,12 @@ class AdditiveUniform:
         return 1
 
     def mutual_information(self) -> float:
-        return self.epsilon - math.log(2.0 * self.epsilon)
+        eps = self.epsilon
+        return eps - math.log(2.0 * eps) if eps <= 0.5 else 1.0 / (4.0 * eps)
 
     def entropy_y(self) -> float:
-        """:math:`H(Y) = \\epsilon` in nats."""
-        return self.epsilon
+        """:math:`H(Y)` in nats."""
+        return self.mutual_information() + math.log(2.0 * self.epsilon)
 
     def sample(
         self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32

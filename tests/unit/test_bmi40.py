@@ -12,7 +12,6 @@ import torch
 from bench.accuracy.bmi40 import (
     BMI40_FAMILY,
     BMI40_TASKS,
-    AdditiveNoise,
     MappedSampler,
     bimodal_x,
     bimodal_y,
@@ -274,21 +273,21 @@ def test_spiral_tasks(d, cdf):
 
 
 def test_additive_noise_mi_both_branches():
-    assert AdditiveNoise(0.75).mutual_information() == pytest.approx(1 / 3, rel=1e-12)
+    assert AdditiveUniform(0.75).mutual_information() == pytest.approx(1 / 3, rel=1e-12)
     for eps in (0.05, 0.1, 0.3, 0.5):
-        assert AdditiveNoise(eps).mutual_information() == pytest.approx(
-            AdditiveUniform(eps).mutual_information(), rel=1e-12
+        assert AdditiveUniform(eps).mutual_information() == pytest.approx(
+            eps - math.log(2 * eps), rel=1e-12
         )
-    below, above = AdditiveNoise(0.5).mutual_information(), AdditiveNoise(0.5 + 1e-9)
+    below, above = AdditiveUniform(0.5).mutual_information(), AdditiveUniform(0.5 + 1e-9)
     assert above.mutual_information() == pytest.approx(below, abs=1e-8)
     for eps in (0.0, -1.0, math.inf, math.nan):
         with pytest.raises(ValueError, match="epsilon"):
-            AdditiveNoise(eps)
+            AdditiveUniform(eps)
 
 
 @pytest.mark.parametrize("eps", [0.3, 0.75, 2.0])
 def test_additive_noise_against_monte_carlo(eps):
-    sampler = AdditiveNoise(eps)
+    sampler = AdditiveUniform(eps)
     x, y = sampler.sample(100_000, torch.Generator().manual_seed(4), dtype=torch.float64)
     assert x.shape == y.shape == (100_000, 1)
     pmi = sampler.log_density(x, y) - sampler.log_density_x(x) - sampler.log_density_y(y)
