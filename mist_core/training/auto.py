@@ -15,6 +15,9 @@ needs no truth, and it is what :func:`auto_estimate` uses.
    autoregressive flows are trained, in canonical (CCA) coordinates on the residual of the
    linear Gaussian fit: an untrained flow *is* that fit, and early stopping on the
    validation part, counting the starting point, never leaves it for something worse.
+   Last, the mixture of that part's candidates (copula and flows), its weights fitted on
+   the validation part and scored there by halves (each half with weights fitted on the
+   other), so fitting the weights does not favour it.
 3. For q(y|x) and for q(y) separately, a more complex candidate replaces the current one
    only if its mean validation log-likelihood is higher by more than ``margin`` standard
    errors of the paired difference (and by ``min_gain`` nats).
@@ -49,11 +52,13 @@ from mist_core.estimators.copula import (
 from mist_core.marginals import Gaussianizer
 from mist_core.training.candidates import (
     FLOW_LAYERS,
+    MIXTURE,
     Canonical,
     Density,
     choose,
     copula_densities,
     flow_densities,
+    mixture_density,
     split,
 )
 
@@ -66,6 +71,8 @@ class AutoConfig:
 
     Args:
         flows: flow candidates, from ``"affine"`` and ``"spline"`` (empty: closed forms only).
+        mixture: with flows, also the mixture of every candidate of a part (the copula's and
+            the flows'), its weights fitted on the validation part.
         student: try the Student-t copula.
         hidden_dims, n_transforms: the flows' conditioner widths and layer count.
         lr, weight_decay, batch_size, max_epochs, patience: the flows' training (AdamW; the rate
@@ -86,6 +93,7 @@ class AutoConfig:
     """
 
     flows: tuple[str, ...] = ("affine", "spline")
+    mixture: bool = True
     student: bool = True
     hidden_dims: tuple[int, ...] = (64, 64)
     n_transforms: int = 2
@@ -183,27 +191,37 @@ def _refit(
     seed: int,
     deadline: float = math.inf,
 ) -> tuple[Density, Density]:
-    """The chosen q(y|x) and q(y) (by candidate name) fitted again on ``fit_index``."""
+    """The chosen q(y|x) and q(y) (by candidate name) fitted again on ``fit_index``; a
+    mixture's components are refitted and its weights fitted again on ``valid_index``."""
     fit = (z[0][fit_index], z[1][fit_index])
     valid = (z[0][valid_index], z[1][valid_index])
-    found: dict[str, Density] = {}
-    for part, name in zip(("conditional", "marginal"), chosen, strict=True):
-        if name in _COPULA_FITS:
-            pair = copula_densities(_COPULA_FITS[name](*fit), 0.0)
-            found[part] = pair[0] if part == "conditional" else pair[1]
-    flows = {name.split()[0] for name in chosen if name not in _COPULA_FITS}
-    if flows:
-        canon = Canonical(*fit)
-        for kind in sorted(flows):
-            parts = tuple(
-                p
-                for p, n in zip(("conditional", "marginal"), chosen, strict=True)
-                if n.startswith(kind)
-            )
-            found.update(
-                flow_densities(kind, canon, fit, valid, config, seed, parts, deadline, len(parts))
-            )
-    return found["conditional"], found["marginal"]
+    parts = ("conditional", "marginal")
+    needed = {  # part -> the names of the densities it is made of
+        part: name.removeprefix(MIXTURE).split(" + ") if name.startswith(MIXTURE) else [name]
+        for part, name in zip(parts, chosen, strict=True)
+    }
+    found: dict[tuple[str, str], Density] = {}
+    for part in parts:
+        for name in needed[part]:
+            if name in _COPULA_FITS:
+                pair = copula_densities(_COPULA_FITS[name](*fit), 0.0)
+                found[part, name] = pair[0] if part == "conditional" else pair[1]
+    flows = sorted({n.split()[0] for p in parts for n in needed[p] if n not in _COPULA_FITS})
+    trainings = sum(1 for p in parts for n in needed[p] if n not in _COPULA_FITS)
+    canon = Canonical(*fit) if flows else None
+    for kind in flows:
+        kind_parts = tuple(p for p in parts if f"{kind} flow" in needed[p])
+        assert canon is not None
+        trained = flow_densities(
+            kind, canon, fit, valid, config, seed, kind_parts, deadline, trainings
+        )
+        trainings -= len(kind_parts)
+        found.update({(p, f"{kind} flow"): density for p, density in trained.items()})
+    out = []
+    for part in parts:
+        densities = [found[part, name] for name in needed[part]]
+        out.append(densities[0] if len(densities) == 1 else mixture_density(densities, valid))
+    return out[0], out[1]
 
 
 def _candidates(
@@ -238,6 +256,9 @@ def _candidates(
             )
             conditionals.append(flows["conditional"])
             marginals.append(flows["marginal"])
+        if config.mixture:
+            conditionals.append(mixture_density(list(conditionals), valid))
+            marginals.append(mixture_density(list(marginals), valid))
     return family, conditionals, marginals, records
 
 

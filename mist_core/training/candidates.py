@@ -5,8 +5,10 @@ A candidate is a fitted density of the Gaussianised y, q(y|x) or q(y), with what
 :mod:`mist_core.estimators.copula` (:func:`copula_densities`), and flows trained in
 canonical (CCA) coordinates on the residual of the linear Gaussian fit
 (:func:`flow_densities`, :class:`Canonical`), by maximum likelihood with early stopping
-that counts the starting point (:func:`train_density`). :func:`choose` applies the margin
-rule to a list of them, simplest first.
+that counts the starting point (:func:`train_density`). A third kind mixes the fitted
+ones (:func:`mixture_density`): a mixture of densities is a density, so it competes on the
+same held-out likelihood. :func:`choose` applies the margin rule to a list of them, simplest
+first.
 """
 
 from __future__ import annotations
@@ -35,11 +37,14 @@ __all__ = [
     "choose",
     "copula_densities",
     "flow_densities",
+    "mixture_density",
     "split",
     "train_density",
 ]
 
 FLOW_LAYERS = {"affine": "affine_autoregressive", "spline": "spline_autoregressive"}
+#: A mixture candidate is named this, then its components' names joined by " + ".
+MIXTURE = "mixture of "
 
 
 class Canonical:
@@ -96,6 +101,10 @@ class Density:
     module: nn.Module | None = None
     stopped_by: str = ""
     copula: EllipticalCopula | None = None
+    #: a mixture's: log-likelihoods ``[n_valid]`` with weights fitted on other samples
+    held_out: Tensor | None = None
+    #: a mixture's component weights
+    weights: tuple[float, ...] = ()
 
 
 def train_density(
@@ -219,13 +228,64 @@ def copula_densities(copula: EllipticalCopula, seconds: float) -> tuple[Density,
     return Density(name, conditional, seconds), Density(name, marginal, seconds)
 
 
+def _mixture_weights(scores: Tensor, iterations: int = 200) -> Tensor:
+    """Maximum-likelihood weights ``[K]`` of a mixture of densities whose log-densities at
+    ``n`` samples are ``scores: [K, n]`` (EM: each step cannot lower the likelihood)."""
+    k = scores.shape[0]
+    log_w = torch.full((k,), -math.log(k), dtype=torch.float64)
+    for _ in range(iterations):
+        log_w = torch.log_softmax(scores + log_w[:, None], dim=0).logsumexp(1) - math.log(
+            scores.shape[1]
+        )
+    return log_w
+
+
+def mixture_density(components: list[Density], valid: tuple[Tensor, Tensor]) -> Density:
+    """The mixture of fitted ``components`` (each already trained on the fitting part), its
+    weights fitted by maximum likelihood on ``valid``.
+
+    Its :attr:`Density.held_out` holds log-likelihoods of ``valid`` that did not fit the
+    weights they are evaluated with (each half of ``valid`` scored with weights fitted on
+    the other): what :func:`choose` compares, so that fitting K - 1 weights on the
+    validation part does not favour the mixture."""
+    scores = torch.stack([d.log_prob(*valid).detach().double() for d in components])  # [K, n]
+    log_w = _mixture_weights(scores)
+    half = scores.shape[1] // 2
+    held_out = torch.cat(
+        [
+            (scores[:, :half] + _mixture_weights(scores[:, half:])[:, None]).logsumexp(0),
+            (scores[:, half:] + _mixture_weights(scores[:, :half])[:, None]).logsumexp(0),
+        ]
+    )
+
+    def log_prob(x: Tensor, y: Tensor) -> Tensor:
+        parts = torch.stack([d.log_prob(x, y).double() for d in components])
+        return (parts + log_w[:, None]).logsumexp(0)
+
+    modules = [d.module for d in components if d.module is not None]
+    return Density(
+        MIXTURE + " + ".join(d.name for d in components),
+        log_prob,
+        sum(d.seconds for d in components),
+        module=nn.ModuleList(modules) if modules else None,
+        held_out=held_out,
+        weights=tuple(float(w) for w in log_w.exp()),
+    )
+
+
 def choose(
     candidates: list[Density], valid: tuple[Tensor, Tensor], margin: float, min_gain: float
 ) -> tuple[int, list[dict]]:
     """Walk the candidates from simple to complex; one replaces the current choice if its
     mean validation log-likelihood is higher by more than ``margin`` standard errors of the
-    paired difference. Returns the chosen index and a record per candidate."""
-    scores = [density.log_prob(*valid).detach().double() for density in candidates]
+    paired difference. Returns the chosen index and a record per candidate. (A mixture is
+    scored by its :attr:`Density.held_out` log-likelihoods.)"""
+    scores = [
+        density.held_out
+        if density.held_out is not None
+        else density.log_prob(*valid).detach().double()
+        for density in candidates
+    ]
     chosen = 0
     records = []
     for index, score in enumerate(scores):
@@ -236,6 +296,8 @@ def choose(
         }
         if candidates[index].epochs:
             record["epochs"] = candidates[index].epochs
+        if candidates[index].weights:
+            record["weights"] = [round(w, 4) for w in candidates[index].weights]
         if index > 0:
             diff = score - scores[chosen]
             gain = float(diff.mean())

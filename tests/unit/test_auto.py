@@ -20,7 +20,7 @@ from mist_core import estimate_mi
 from mist_core.estimators.copula import fit_gaussian_copula
 from mist_core.marginals import Gaussianizer
 from mist_core.training.auto import AutoConfig
-from mist_core.training.candidates import Density, choose
+from mist_core.training.candidates import Density, choose, mixture_density
 
 N = 4000
 #: small flows, trained for at most 40 epochs (about 1 s a task on one thread)
@@ -81,7 +81,12 @@ def test_gaussian_copula_is_chosen_where_it_is_exact(task_id):
     reason = details["reason"]
     assert isinstance(reason, str) and len(reason) > 40 and "Gaussian copula" in reason
     flows = [r["name"] for r in details["candidates_conditional"][1:]]
-    assert flows == ["affine flow", "spline flow"]  # the flows were tried, and lost
+    # the flows and the mixture of all three were tried, and lost
+    assert flows == [
+        "affine flow",
+        "spline flow",
+        "mixture of Gaussian copula + affine flow + spline flow",
+    ]
     assert not any("budget" in w for w in result.warnings)
 
 
@@ -297,3 +302,43 @@ def test_options_of_a_named_estimator_are_refused_under_auto():
         estimate_mi(x, y, estimator_options={"hidden_dims": [8]})
     with pytest.raises(ValueError, match="AutoConfig"):
         estimate_mi(x, y, hidden_dims=[8])
+
+
+# -- the mixture candidate ----------------------------------------------------------------------
+
+
+def _normal_density(name: str, mean: float, scale: float) -> Density:
+    """q(y) = N(mean, scale^2) of a 1-d y, as a candidate."""
+    normal = torch.distributions.Normal(mean, scale)
+    return Density(name, lambda x, y: normal.log_prob(y[:, 0]).double())
+
+
+def test_the_mixture_fits_its_weights_and_is_scored_out_of_sample():
+    """y from 0.7 N(-2, 1) + 0.3 N(2, 1): the mixture of the two components finds the
+    weights, is chosen over either, and its scores for the choice are out of sample (lower
+    on average than with the weights fitted on the same samples)."""
+    generator = torch.Generator().manual_seed(0)
+    n = 4000
+    left = torch.rand(n, generator=generator) < 0.7
+    y = torch.where(left, -2.0, 2.0) + torch.randn(n, generator=generator)
+    valid = (torch.zeros(n, 1, dtype=torch.float64), y[:, None].double())
+    parts = [_normal_density("left", -2.0, 1.0), _normal_density("right", 2.0, 1.0)]
+    mixture = mixture_density(parts, valid)
+    assert mixture.name == "mixture of left + right"
+    assert mixture.weights == pytest.approx((0.7, 0.3), abs=0.03)
+    in_sample = mixture.log_prob(*valid)
+    assert mixture.held_out is not None and mixture.held_out.shape == (n,)
+    assert float(mixture.held_out.mean()) <= float(in_sample.mean())
+    assert float(mixture.held_out.mean()) == pytest.approx(float(in_sample.mean()), abs=2e-3)
+    which, records = choose([*parts, mixture], valid, margin=2.0, min_gain=2e-3)
+    assert which == 2 and records[2]["weights"] == pytest.approx([0.7, 0.3], abs=0.03)
+
+
+def test_a_mixture_with_nothing_to_add_is_not_chosen():
+    """Two candidates, one the truth: the mixture cannot beat it by the margin."""
+    generator = torch.Generator().manual_seed(1)
+    y = torch.randn(4000, 1, generator=generator, dtype=torch.float64)
+    valid = (torch.zeros(4000, 1, dtype=torch.float64), y)
+    parts = [_normal_density("truth", 0.0, 1.0), _normal_density("wide", 0.0, 3.0)]
+    which, _ = choose([*parts, mixture_density(parts, valid)], valid, 2.0, 2e-3)
+    assert which == 0
