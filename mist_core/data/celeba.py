@@ -63,6 +63,7 @@ __all__ = [
     "CelebAMissingError",
     "LANDMARKS",
     "expected_files",
+    "file_md5",
     "is_generated",
 ]
 
@@ -187,7 +188,8 @@ def _missing_message(root: Path, given: Path, missing: list[Path]) -> str:
     return "\n".join(lines)
 
 
-def _md5(path: Path) -> str:
+def file_md5(path: Path) -> str:
+    """The MD5 hex digest of a file, read a MiB at a time."""
     digest = hashlib.md5(usedforsecurity=False)
     with path.open("rb") as file:
         while chunk := file.read(1 << 20):
@@ -205,7 +207,7 @@ def _checksum_message(root: Path) -> str:
         path = base / name
         if path.suffix in (".zip", ".7z") or not path.is_file():
             continue  # torchvision does not check the archives either
-        actual = _md5(path)
+        actual = file_md5(path)
         if actual != md5:
             bad.append(f"  {path}: md5 {actual}, official {md5}")
     details = "\n".join(bad) if bad else "  (could not tell which file: all match now)"

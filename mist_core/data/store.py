@@ -58,11 +58,11 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
-from mist_core.data.celeba import CelebALandmarks
+from mist_core.data.celeba import CelebALandmarks, file_md5
 from mist_core.data.images import resize_images, to_uint8
 from mist_core.data.landmarks import CELEBA_SIZE, LANDMARKS
 from mist_core.data.stopping import check_stop
-from mist_core.data.synthetic_faces.workers import kill_pool, start_pool
+from mist_core.data.synthetic_faces.workers import ended_with, kill_pool, start_pool
 from mist_core.runs import write_atomic
 
 try:  # file locks: POSIX only; elsewhere concurrent builds both run and one rename wins
@@ -177,14 +177,6 @@ def image_files(dataset: Dataset) -> ImageFiles:
     )
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _identity(files: ImageFiles, image_size: tuple[int, int]) -> dict[str, Any]:
     names = hashlib.sha256("\n".join(files.names).encode()).hexdigest()
     return {
@@ -193,7 +185,7 @@ def _identity(files: ImageFiles, image_size: tuple[int, int]) -> dict[str, Any]:
         "split": files.split,
         "n": len(files.names),
         "names_sha256": names,
-        "landmark_file_md5": _md5(files.landmark_file),
+        "landmark_file_md5": file_md5(files.landmark_file),
         "image_size": list(image_size),
     }
 
@@ -474,7 +466,7 @@ def _decode_chunks(
     done = 0
     if progress is not None:
         progress(0, total)
-    try:
+    with ended_with(pool):  # killed on a stop, an error or Ctrl-C
         if pool is not None:
             try:
                 pending = {
@@ -500,11 +492,3 @@ def _decode_chunks(
             done += _decode_into(images_path, start, part, config.image_size)
             if progress is not None:
                 progress(done, total)
-    except BaseException:  # a stop, an error, Ctrl-C: end the workers now
-        if pool is not None:
-            kill_pool(pool)
-            pool = None
-        raise
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True)

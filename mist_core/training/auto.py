@@ -201,11 +201,10 @@ def _refit(
         for part, name in zip(parts, chosen, strict=True)
     }
     found: dict[tuple[str, str], Density] = {}
-    for part in parts:
-        for name in needed[part]:
-            if name in _COPULA_FITS:
-                pair = copula_densities(_COPULA_FITS[name](*fit), 0.0)
-                found[part, name] = pair[0] if part == "conditional" else pair[1]
+    for name in {n for p in parts for n in needed[p] if n in _COPULA_FITS}:
+        pair = copula_densities(_COPULA_FITS[name](*fit), 0.0)  # fitted once for both parts
+        for part, density in zip(parts, pair, strict=True):
+            found[part, name] = density
     flows = sorted({n.split()[0] for p in parts for n in needed[p] if n not in _COPULA_FITS})
     trainings = sum(1 for p in parts for n in needed[p] if n not in _COPULA_FITS)
     canon = Canonical(*fit) if flows else None

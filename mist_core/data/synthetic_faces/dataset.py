@@ -23,6 +23,7 @@ from mist_core.data.synthetic_faces.workers import (
     CHUNK_FACES,
     TASK_FACES,
     concatenate,
+    ended_with,
     kill_pool,
     start_pool,
     task_blocks,
@@ -159,7 +160,7 @@ class SyntheticFaces(Dataset):
             if pool is not None and c < len(chunks) and c not in submitted:
                 submitted[c] = [pool.submit(self.render_block, b) for b in task_blocks(chunks[c])]
 
-        try:
+        with ended_with(pool):  # killed on a stop, Ctrl-C, an error or the iterator closed
             for c, chunk in enumerate(chunks):
                 drawn = None
                 if pool is not None:
@@ -178,14 +179,6 @@ class SyntheticFaces(Dataset):
                         parts.append(self.render_block(block))
                     drawn = concatenate(parts)
                 yield drawn
-        except BaseException:  # a stop, Ctrl-C, an error or the caller closing the iterator
-            if pool is not None:
-                kill_pool(pool)
-                pool = None
-            raise
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
 
     def render_many(
         self,

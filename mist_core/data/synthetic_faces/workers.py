@@ -28,6 +28,7 @@ __all__ = [
     "CHUNK_FACES",
     "TASK_FACES",
     "concatenate",
+    "ended_with",
     "kill_pool",
     "start_pool",
     "task_blocks",
@@ -121,6 +122,21 @@ def kill_pool(pool: ProcessPoolExecutor) -> None:
             process.join(timeout=2.0)
         except (OSError, ValueError, AssertionError):
             pass
+
+
+@contextlib.contextmanager
+def ended_with(pool: ProcessPoolExecutor | None) -> Iterator[None]:
+    """Ends ``pool`` with the block: on any exception (a stop, Ctrl-C, an error, a generator
+    closed by its caller) its workers are killed at once; otherwise they finish their tasks
+    and are shut down. A pool the block killed itself (:func:`kill_pool`) is left as it is."""
+    try:
+        yield
+    except BaseException:
+        if pool is not None:
+            kill_pool(pool)
+        raise
+    if pool is not None:
+        pool.shutdown(wait=True)  # returns at once for a pool killed already
 
 
 def task_blocks(chunk: list[int]) -> list[list[int]]:
