@@ -1,5 +1,5 @@
 """Headless training and evaluation:
-``python -m mist_core {train,resume,evaluate,list,estimate}``.
+``python -m mist_core {train,resume,evaluate,list,note,estimate}``.
 
 The CLI drives the same job engine and run directories as the dashboard, so a run trained
 on a GPU server shows up in the dashboard's Results page and vice versa.
@@ -8,7 +8,9 @@ on a GPU server shows up in the dashboard's Results page and vice versa.
     python -m mist_core train --config my.json --set epochs=3 --set device=cuda
     python -m mist_core resume 20261128-093000-1a2b3c
     python -m mist_core evaluate runs/20261128-093000-1a2b3c
+    python -m mist_core evaluate RUN_SEED0 RUN_SEED1 RUN_SEED2
     python -m mist_core list
+    python -m mist_core note RUN --note "lr too high?" --tag baseline
     python -m mist_core estimate samples.npz --estimator auto
     python -m mist_core estimate x.npy y.npy --json
 
@@ -17,6 +19,13 @@ often its posterior regions held the true positions (the figures its job stored 
 finished; ``--measure`` measures them again, ``--save`` also stores them: a few minutes).
 Under the table, a ``Warnings:`` block names each pair whose number may not be trusted, and
 why (:mod:`mist_core.reliability`).
+Given several runs, ``evaluate`` does that for each, then, for runs whose configs differ only
+in ``seed`` (:func:`mist_core.comparison.seed_key`), prints the mean ± standard error across
+those seeds, with ``k`` the number of runs behind each number.
+
+``list`` shows each run's tags and the start of its note; ``note RUN`` prints them, ``note RUN
+--note TEXT --tag T`` sets the note and adds tags (``--clear-tags`` drops the old ones first).
+Notes may be written while the run trains.
 
 ``estimate`` estimates I(X;Y) from paired samples: a ``.npz`` file holding arrays ``x`` and
 ``y`` (others with ``--x NAME --y NAME``), or two ``.npy`` files, each ``(N,)`` or ``(N, D)``.
@@ -24,10 +33,10 @@ It prints the estimate with its standard error, the estimator used (and why, for
 ``--estimator auto``), the time taken, and a ``warning:`` line for each reason to doubt it;
 ``--json`` prints one JSON object instead.
 
-``resume`` and ``evaluate`` take a run's name or its folder (``runs/NAME``, as tab completion
-gives it; a folder outside ``--run-dir`` is opened where it is). A mistake (an unknown config
-field, a value out of range, a run being trained by another process, a damaged run file)
-prints one ``error:`` line and exits with status 2.
+``resume``, ``evaluate`` and ``note`` take a run's name or its folder (``runs/NAME``, as tab
+completion gives it; a folder outside ``--run-dir`` is opened where it is). A mistake (an
+unknown config field, a value out of range, a run being trained by another process, a damaged
+run file) prints one ``error:`` line and exits with status 2.
 
 Ctrl-C stops training after the current step and saves a checkpoint (``resume`` continues).
 More than one process (``torchrun --nproc_per_node=N -m mist_core train ...``) trains data-
@@ -58,10 +67,18 @@ import torch
 from mist_core import distributed
 from mist_core.calibration import CalibrationReport, calibrate
 from mist_core.checkpoints import restore_checkpoint, run_store
+from mist_core.comparison import GroupEstimate, SeedGroup, group_by_seed, mean_estimates
 from mist_core.experiment import PRESETS, ExperimentConfig, LandmarkExperiment, preset
 from mist_core.jobs import DeviceBusyError, Job, JobRegistry, QueueFullError
 from mist_core.results import PairEstimate, to_frame
-from mist_core.runs import CorruptCheckpointError, Run, RunBusyError, RunInfo, RunStatus
+from mist_core.runs import (
+    CorruptCheckpointError,
+    Run,
+    RunBusyError,
+    RunInfo,
+    RunNotes,
+    RunStatus,
+)
 from mist_core.training.estimate import estimate_mi
 
 __all__ = ["main", "stop_on_sigterm"]
@@ -97,10 +114,10 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
         raise ValueError(f"invalid --set value: {error}") from error
 
 
-def _open_run(args: argparse.Namespace) -> Run:
-    """The run ``args.run`` names: a name in ``--run-dir``, or a run folder's path (whose
-    own folder is then the store, when it is not ``--run-dir``)."""
-    text = args.run
+def _open_run(args: argparse.Namespace, text: str | None = None) -> Run:
+    """The run ``text`` (default ``args.run``) names: a name in ``--run-dir``, or a run
+    folder's path (whose own folder is then the store, when it is not ``--run-dir``)."""
+    text = args.run if text is None else text
     store = run_store(args.run_dir)
     if any(sep in text for sep in ("/", "\\")) and Path(text).name not in ("", ".", ".."):
         folder = Path(text).expanduser().parent
@@ -127,6 +144,34 @@ def format_table(table: pd.DataFrame) -> str:
         index=list(dict.fromkeys(table.landmark)), columns=list(dict.fromkeys(table.encoder))
     )
     return "MI in nats (± standard error) on the test images\n" + pivot.to_string()
+
+
+def format_group_table(group: SeedGroup, estimates: Sequence[GroupEstimate]) -> str:
+    """The mean ± standard error across a seed group's runs as text, laid out as
+    :func:`format_table` (landmarks as rows, encoders as columns) plus a column ``k``: the
+    runs behind each row's numbers (``min-max`` when they differ, some estimates NaN)."""
+    seeds = ", ".join("?" if seed is None else str(seed) for seed in group.seeds)
+    head = f"seeds {seeds} of {group.runs[0].name} (mean ± s.e. across {len(group.runs)} runs)"
+    if not estimates:
+        return f"{head}\n(no MI table)"
+    table = pd.DataFrame(
+        {
+            "encoder": [e.representation for e in estimates],
+            "landmark": [e.target for e in estimates],
+            "cell": [f"{e.mi:6.3f} ± {e.std_error:.3f}" for e in estimates],
+            "k": [e.k for e in estimates],
+        }
+    )
+    landmarks = list(dict.fromkeys(table.landmark))
+    pivot = table.pivot(index="landmark", columns="encoder", values="cell")
+    pivot = pivot.reindex(index=landmarks, columns=list(dict.fromkeys(table.encoder)))
+    counts = table.groupby("landmark", sort=False)["k"].agg(["min", "max"]).loc[landmarks]
+    pivot["k"] = [
+        str(low) if low == high else f"{low}-{high}"
+        for low, high in zip(counts["min"], counts["max"], strict=True)
+    ]
+    pivot.columns.name = "encoder"
+    return f"{head}\nMI in nats (mean ± standard error across runs)\n{pivot.to_string()}"
 
 
 def format_warnings(estimates: Sequence[PairEstimate]) -> str:
@@ -240,7 +285,37 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    run = _open_run(args)
+    runs: dict[Path, Run] = {}
+    for text in args.runs:  # every name is checked before minutes of work
+        run = _open_run(args, text)
+        if run.path.resolve() in runs:
+            print(f"warning: run {run.name} is given twice; evaluated once", file=sys.stderr)
+        runs.setdefault(run.path.resolve(), run)
+    if len(runs) == 1:
+        _evaluate_run(args, *runs.values())
+        return 0
+    evaluated: dict[Path, tuple[RunInfo, list[PairEstimate]]] = {}
+    failed = False
+    for i, (key, run) in enumerate(runs.items()):
+        if i:
+            print()
+        try:
+            evaluated[key] = _evaluate_run(args, run)
+        except _USER_ERRORS as error:  # the others are still evaluated
+            failed = True
+            print(f"error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
+    tables = {info.path: estimates for info, estimates in evaluated.values()}
+    for group in group_by_seed([info for info, _ in evaluated.values()]):
+        if len(group.runs) > 1:
+            print()
+            means = mean_estimates([tables[info.path] for info in group.runs])
+            print(format_group_table(group, means), flush=True)
+    return 2 if failed else 0
+
+
+def _evaluate_run(args: argparse.Namespace, run: Run) -> tuple[RunInfo, list[PairEstimate]]:
+    """Print one run's MI table and calibration (see the module's doc); return its
+    :class:`RunInfo` and the estimates."""
     info = run_store(run.path.parent).info(run.name)
     if info.problem:
         print(f"warning: run {run.name}: {info.problem}", file=sys.stderr)
@@ -251,14 +326,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"cannot evaluate run {run.name!r}: {error}") from error
     experiment.model.eval()
     print(f"run {run.name}, checkpoint of step {restored.step}")
-    _print_table(experiment.estimates(args.split))
+    estimates = list(experiment.estimates(args.split))
+    _print_table(estimates)
     if args.calibration_faces == 0:
-        return 0
+        return info, estimates
     stored = None if args.measure or args.save else _stored_calibration(run)
     if stored is not None:
         print(format_calibration(stored))
         print("(measured when the run finished; --measure measures it again)")
-        return 0
+        return info, estimates
     report = calibrate(
         experiment,
         faces=args.calibration_faces,
@@ -268,7 +344,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(format_calibration(report))
     if args.save:
         _save_calibration(run, report)
-    return 0
+    return info, estimates
 
 
 def _stored_calibration(run: Run) -> CalibrationReport | None:
@@ -427,6 +503,10 @@ def _when(created: float | None) -> str:
         return "?"
 
 
+#: How much of a run's note ``list`` shows, in characters.
+_NOTE_CHARS = 60
+
+
 def _row(info: RunInfo) -> str:
     """One line of ``list``: what could be read of the run, then its problem if any."""
     status = info.status.value if info.status else "unreadable"
@@ -442,8 +522,16 @@ def _row(info: RunInfo) -> str:
     owner = ""
     if info.owner:
         owner = f"  (process {info.owner.get('pid')} on {info.owner.get('host')})"
+    tags = f"  [{', '.join(info.tags)}]" if info.tags else ""
+    note = ""
+    if info.note:
+        text = " ".join(info.note.split())  # line breaks as spaces
+        note = f'  "{text if len(text) <= _NOTE_CHARS else text[: _NOTE_CHARS - 3] + "..."}"'
     problem = f"  problem: {info.problem}" if info.problem else ""
-    line = f"{info.name:32s} {_when(info.created)}  {status:11s} {step:10s} {what}{best}{owner}"
+    line = (
+        f"{info.name:32s} {_when(info.created)}  {status:11s} {step:10s} "
+        f"{what}{best}{owner}{tags}{note}"
+    )
     return (line.rstrip() + problem).replace("\n", " ")
 
 
@@ -454,6 +542,27 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     for info in runs:
         print(_row(info))
+    return 0
+
+
+def format_notes(name: str, notes: RunNotes) -> str:
+    """A run's note and tags as ``note`` prints them."""
+    when = f" (notes of {_when(notes.updated)})" if notes.updated is not None else ""
+    tags = ", ".join(notes.tags) if notes.tags else "(none)"
+    return f"run {name}{when}\ntags: {tags}\nnote: {notes.note or '(none)'}"
+
+
+def _note(args: argparse.Namespace) -> int:
+    run = _open_run(args)
+    if args.note is None and not args.tag and not args.clear_tags:
+        print(format_notes(run.name, run.notes()))
+        return 0
+    # read what is kept (a damaged notes.json need not be read when all of it is replaced)
+    keep_note, keep_tags = args.note is None, not args.clear_tags
+    current = run.notes() if keep_note or keep_tags else RunNotes()
+    note = current.note if keep_note else args.note
+    tags = [*(current.tags if keep_tags else ()), *(args.tag or ())]
+    print(format_notes(run.name, run.set_notes(note, tags)))
     return 0
 
 
@@ -501,8 +610,17 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--run-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     resume.set_defaults(func=_resume)
 
-    evaluate = commands.add_parser("evaluate", help="print a run's MI table")
-    evaluate.add_argument("run", help="a run name or a run folder (runs/NAME)")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="print runs' MI tables (and, for runs that differ only in seed, their mean)",
+    )
+    evaluate.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="run names or run folders (runs/NAME); runs that differ only in seed are also "
+        "summarised together",
+    )
     evaluate.add_argument("--split", default="test", choices=["test", "train"])
     evaluate.add_argument(
         "--calibration-faces",
@@ -535,6 +653,23 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="list the runs")
     listing.add_argument("--run-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     listing.set_defaults(func=_list)
+
+    notes = commands.add_parser(
+        "note", help="print a run's note and tags, or set them (also while it trains)"
+    )
+    notes.add_argument("run", help="a run name or a run folder (runs/NAME)")
+    notes.add_argument("--note", metavar="TEXT", help="replace the note ('' removes it)")
+    notes.add_argument(
+        "--tag",
+        action="append",
+        metavar="TAG",
+        help="add a tag (repeatable; the run's tags are kept unless --clear-tags)",
+    )
+    notes.add_argument(
+        "--clear-tags", action="store_true", help="remove the run's tags (before any --tag)"
+    )
+    notes.add_argument("--run-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    notes.set_defaults(func=_note)
 
     estimate = commands.add_parser(
         "estimate",

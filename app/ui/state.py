@@ -12,6 +12,7 @@ import os
 import threading
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 import torch
 
@@ -42,6 +43,7 @@ __all__ = [
     "runs_with_checkpoint",
     "runs_with_results",
     "store",
+    "train_curves",
     "warm_up",
 ]
 
@@ -194,6 +196,42 @@ def metrics_csv(run_name: str) -> bytes:
     if version is None:  # no metrics yet: the header alone
         return run.read_metrics().to_csv(index=False).encode()
     return _metrics_csv(str(run.path), *version)
+
+
+#: The most points a finished run's curve keeps for the Results page (evenly spaced, the
+#: last one kept); a long run logs one point per step.
+MAX_CURVE_POINTS = 2000
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def _train_curves(path: str, mtime_ns: int, size: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """One version of a run's training curves (the key changes when metrics.csv does)."""
+    frame = Run(path).read_metrics()
+    frame = frame[frame["split"] == "train"]
+    curves = {}
+    for name, part in frame.groupby("name", sort=False):
+        steps = part["step"].to_numpy()
+        values = part["value"].to_numpy(dtype=float)
+        if len(steps) > MAX_CURVE_POINTS:
+            keep = np.unique(np.linspace(0, len(steps) - 1, MAX_CURVE_POINTS).round().astype(int))
+            steps, values = steps[keep], values[keep]
+        curves[str(name)] = (steps, values)
+    return curves
+
+
+def train_curves(run_name: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A run's per-batch training curves by name (``"I(encoder;landmark)"``, ``"loss"``):
+    ``(steps, values)``, at most :data:`MAX_CURVE_POINTS` each; read once per version of its
+    ``metrics.csv``. ``{}`` when it has none or they cannot be read (logged)."""
+    try:
+        run = store().open(run_name)
+        version = run.metrics_version()
+        if version is None:
+            return {}
+        return _train_curves(str(run.path), *version)
+    except Exception as error:  # noqa: BLE001 - a broken run must not break the page
+        logger.warning("run %s: cannot read its training curves: %s", run_name, error)
+        return {}
 
 
 @st.cache_resource(show_spinner=False, max_entries=3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import streamlit as st
-from ui import calibration, posteriors, state
+from ui import calibration, labels, posteriors, state, url
 
 st.title("Posteriors")
 st.markdown(
@@ -22,10 +22,19 @@ if not runs:
     st.info("No trained model yet. Train one on the **Train** page first.")
     st.stop()
 
+# The run, landmark, face and view live in the URL: a reload or a pasted link opens them.
+by_name = {run.name: run for run in runs}
+url.restore("post_run", "run", runs[0], parse=by_name.get, valid=lambda v: v in runs)
 info, step, experiment = state.pick_trained_model(runs, key="post_run")
+url.keep("run", info.name)  # always: a newer run must not change what a link shows
 
 config = experiment.config
 images = experiment.source_images("test")
+landmarks = list(config.landmarks)
+url.restore("post_landmark", "landmark", landmarks[0], valid=lambda v: v in landmarks)
+styles = list(labels.POSTERIOR_STYLES)
+url.restore("post_style", "view", styles[0], valid=lambda v: v in styles)
+url.restore("post_index", "face", 0, parse=int, valid=lambda v: 0 <= v < len(images))
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -52,11 +61,12 @@ recalibrate = middle.toggle(
     if fits
     else "This run has no recalibration: the regions are drawn as the networks draw them.",
 )
-if st.session_state.get("post_index", 0) >= len(images):  # another run has fewer faces
-    st.session_state["post_index"] = 0
 index = right.number_input(
     f"Face number (0 to {len(images) - 1}, test faces)", 0, len(images) - 1, key="post_index"
 )
+url.keep("landmark", landmark, landmarks[0])
+url.keep("view", style, styles[0])
+url.keep("face", int(index), 0)
 
 with st.expander("Pick a face from the gallery", expanded=True):
     thumbs = thumbnails(info.name, 8)

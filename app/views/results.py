@@ -1,25 +1,21 @@
-"""Results: the MI of a finished run per landmark and network, how often its posterior
-regions hold the truth (calibration); compare two runs."""
+"""Results: the table of runs (search, notes, tags); the selected runs compared (training
+curves overlaid, MI bars grouped by landmark, the settings that differ, seeds grouped into a
+mean ± standard error); one run in detail (calibration, downloads, notes, repeat with more
+seeds). The selections live in the URL, so a reload or a pasted link opens the same view."""
 
 from __future__ import annotations
 
-import functools
-
 import streamlit as st
-from ui import calibration, charts, labels, state, tables
+from ui import compare_charts, labels, run_detail, run_groups, run_table, state, url
 
-from mist_core.results import PairEstimate
-from mist_core.runs import RunInfo
+from mist_core.comparison import differing_settings
 
 st.title("Results")
 st.markdown(
-    "Each bar is how much one network's representation tells about where one landmark is, "
-    "measured on test faces the models never saw during training (in nats; the thin lines "
-    "are ± one standard error). Taller bars: the network can point at that landmark more "
-    "sharply. A bar slightly below zero means the same as zero: the network's numbers did "
-    "not help on new faces (the estimate has noise, and a model fitted to the training "
-    "faces can do a little worse than the average-face guess). A ⚠ beside a number in the "
-    "table means a check found a reason to doubt it; the reasons are listed under the table."
+    "How much each network's view of a face tells about where each landmark is, in nats, "
+    "measured on test faces the models never saw during training. Pick one run or several "
+    "to compare them; runs that differ only by their random seed can be shown as one mean "
+    "with its standard error."
 )
 
 listed = state.list_runs()  # reads every run's small files: once per page run
@@ -47,131 +43,149 @@ if not runs:
     st.info("No finished run yet. Start one on the **Train** page (the demo takes a few minutes).")
     st.stop()
 
+by_name = {info.name: info for info in runs}
+names = list(by_name)
 
-#: The calibration chart's landmark choice that pools them all.
-POOLED = "all"
+# --- the table of runs ----------------------------------------------------------------------
+st.subheader("Runs")
+url.restore("run_search", "q", "")
+query = st.text_input(
+    "Search the runs",
+    key="run_search",
+    placeholder="a name, a tag, words of a note, a dataset…",
+    help="Shows the runs whose name, date, dataset, networks, status, tags or note contain "
+    "every word you type.",
+)
+url.keep("q", query.strip(), "")
+found = [info for info in runs if run_table.matches(info, query)]
+st.caption(
+    f"{len(found)} of {len(runs)} finished runs, newest first. Mean MI is the average over "
+    "the run's networks and landmarks."
+)
+st.dataframe(run_table.frame(found), hide_index=True, width="stretch")
 
+url.restore_list("runs_shown", "run", names, default=names[:1])
+chosen = st.multiselect(
+    "Runs to compare",
+    names,
+    key="runs_shown",
+    format_func=lambda name: state.run_label(by_name[name]),
+    help="The newest run is picked at first. Add runs to overlay their curves and bars.",
+)
+url.keep_list("run", chosen)
+selected = [by_name[name] for name in chosen]
 
-def show_calibration(info: RunInfo, slot: str, wide: bool = True) -> None:
-    """The calibration chart of a run and a sentence per network (beside it when ``wide``,
-    else under it), or a note saying why there is none."""
-    found = calibration.run_calibration(info)
-    st.markdown(
-        "**Calibration: do the posterior regions hold the true position as often as they say?**"
-    )
-    if found.report is None:
-        st.info(found.note)
-        return
-    report = found.report
-    landmarks = list(dict.fromkeys(r.landmark for r in report.rows))
-    can_fix = any(r.recalibrated is not None for r in report.rows)
-    a, b = st.columns(2)
-    picked = a.selectbox(
-        "Landmark",
-        [POOLED, *landmarks],
-        format_func=lambda lm: "All landmarks (pooled)" if lm == POOLED else labels.landmark(lm),
-        key=f"calib_landmark_{slot}",
-    )
-    landmark = None if picked == POOLED else picked
-    fixed = b.toggle(
-        "Recalibrated regions",
-        key=f"calib_fixed_{slot}",
-        disabled=not can_fix,
-        help="As the Posteriors page draws them: each region's size corrected on faces "
-        "held out of training, so that it holds the truth as often as it says."
-        if can_fix
-        else "This run held no training faces out for validation (valid_fraction = 0), so "
-        "its regions could not be recalibrated.",
-    )
-    curves = {
-        encoder: calibration.curve(report, encoder, landmark, fixed and can_fix)
-        for encoder in calibration.densities(report)
-    }
-    where = "all landmarks" if landmark is None else labels.landmark(landmark)
-    how = "Recalibrated" if fixed and can_fix else "As drawn"
-    chart, words = st.columns(2, gap="medium") if wide else (st.container(), st.container())
-    chart.plotly_chart(
-        charts.calibration_chart(curves, title=f"{how} · {where}"),
-        key=f"calibration_{slot}",
-        width="stretch",
-    )
-    chart.caption(
-        "On the Posteriors page each network draws a cyan line around the region it "
-        "thinks holds the landmark with 50% chance, and a yellow one for 90%. An honest "
-        "line follows the dashed diagonal; below it the regions are too small "
-        "(overconfident), above it too wide. The grey band is where an honest line falls "
-        "19 times in 20 by chance on this many faces."
-    )
-    with words:
-        for sentence in calibration.sentences(report, landmark):
-            st.markdown(sentence)
+left, right = st.columns(2)
+url.restore("group_seeds", "seeds", True, parse=lambda t: t == "1", valid=lambda v: v in (0, 1))
+by_seed = left.toggle(
+    "Group runs that differ only by seed",
+    key="group_seeds",
+    help="Runs with the same settings but another random seed are shown as one entry: "
+    "their mean, with a band or whiskers of ± one standard error across the seeds.",
+)
+url.keep("seeds", int(by_seed), 1)
+url.restore("export_format", "fmt", "png", valid=lambda v: v in compare_charts.EXPORT_FORMATS)
+fmt = right.radio(
+    "Chart downloads (the camera icon on a chart)",
+    compare_charts.EXPORT_FORMATS,
+    key="export_format",
+    format_func=str.upper,
+    horizontal=True,
+)
+url.keep("fmt", fmt, "png")
+entries = run_groups.shown(selected, by_seed)
+colours = compare_charts.colours_for([entry.label for entry in entries])
 
-
-def show_flags(estimates: list[PairEstimate]) -> None:
-    """Why the numbers marked ⚠ in the table may not be trusted (nothing when none is)."""
-    notes = tables.flag_notes(estimates)
-    if notes:
-        with st.expander(f"{tables.FLAG} Why some numbers are flagged", expanded=len(notes) <= 3):
-            st.markdown("\n".join(f"- {note}" for note in notes))
-
-
-def show_run(info: RunInfo, slot: str, wide: bool = True) -> None:
-    """A run's MI bars, its calibration right under them, its table, downloads, settings
-    (``wide``: the page's whole width, else half of it)."""
-    estimates = tables.run_estimates(info)
+# --- curves ---------------------------------------------------------------------------------
+st.subheader("Training curves")
+st.caption(
+    "How the estimate grew while each network learnt, for one landmark: one line per run "
+    "and network (colour: the run; dash: the network), from the training batches. The "
+    "diamond at the end of a line is the final estimate on held-out test faces."
+)
+# The controls are drawn even with no run picked, so that they keep their values.
+landmarks = run_groups.landmarks_of(entries or run_groups.shown(runs[:1], False))
+a, b, c = st.columns(3)
+url.restore("curve_landmark", "landmark", landmarks[0], valid=lambda v: v in landmarks)
+landmark = a.selectbox("Landmark", landmarks, key="curve_landmark", format_func=labels.landmark)
+url.keep("landmark", landmark, landmarks[0])
+url.restore("smoothing", "smooth", 0.0, parse=float, valid=lambda v: 0.0 <= v <= 0.99)
+smoothing = b.slider(
+    "Smoothing",
+    0.0,
+    0.99,
+    step=0.01,
+    key="smoothing",
+    help="An exponential moving average of the per-batch estimates (0: off). The raw "
+    "points stay faint behind the smoothed line.",
+)
+url.keep("smooth", round(smoothing, 2), 0.0)
+url.restore("log_steps", "log", False, parse=lambda t: t == "1", valid=lambda v: v in (0, 1))
+log_steps = c.toggle("Logarithmic step axis", key="log_steps")
+url.keep("log", int(log_steps), 0)
+lines = run_groups.curve_lines(entries, landmark, state.train_curves)
+if not entries:
+    st.info("Pick one or more runs above to see their results.")
+    st.stop()
+if lines:
     st.plotly_chart(
-        charts.mi_bars(estimates, title=f"{info.name}: what each network knows (nats)"),
-        key=f"bars_{slot}",
-        width="stretch",
-    )
-    show_calibration(info, slot, wide)
-    st.dataframe(tables.readable(estimates), hide_index=True, key=f"table_{slot}")
-    show_flags(estimates)
-    a, b = st.columns(2)
-    a.download_button(
-        "Download the table (CSV)",
-        tables.csv_bytes(estimates),
-        file_name=f"{info.name}-mi.csv",
-        mime="text/csv",
-        key=f"csv_{slot}",
-    )
-    b.download_button(  # made when clicked: metrics.csv can hold millions of rows
-        "Download the training curves (CSV)",
-        functools.partial(state.metrics_csv, info.name),
-        file_name=f"{info.name}-metrics.csv",
-        mime="text/csv",
-        key=f"metrics_{slot}",
-    )
-    with st.expander("Settings and timings"):
-        summary = info.summary or {}
-        seconds = summary.get("train_seconds")
-        st.markdown(
-            f"Steps: {summary.get('steps', '?')}, epochs: {summary.get('epochs', '?')}"
-            + (f", training time: {seconds / 60:.1f} min" if seconds else "")
-        )
-        if info.config is not None:
-            st.json(info.config.to_dict(), expanded=False)
-        if summary.get("environment"):
-            st.json(summary["environment"], expanded=False)
-
-
-first = st.selectbox("Run", runs, format_func=state.run_label, key="run_a")
-compare = st.toggle("Compare with another run", key="compare", disabled=len(runs) < 2)
-if compare and len(runs) >= 2:
-    others = [info for info in runs if info.name != first.name]
-    second = st.selectbox("Second run", others, format_func=state.run_label, key="run_b")
-    left, right = st.columns(2)
-    with left:
-        show_run(first, "a", wide=False)
-    with right:
-        show_run(second, "b", wide=False)
-    st.subheader("Side by side")
-    st.dataframe(
-        tables.side_by_side(
-            tables.run_estimates(first), tables.run_estimates(second), first.name, second.name
+        compare_charts.compare_curves(
+            lines,
+            colours,
+            smoothing=smoothing,
+            log_steps=log_steps,
+            title=f"MI while training · {labels.landmark(landmark)} (nats)",
         ),
-        hide_index=True,
-        key="table_compare",
+        key="curves",
+        width="stretch",
+        config=compare_charts.download_config(fmt, f"mist-curves-{landmark}"),
     )
 else:
-    show_run(first, "a")
+    st.info("The selected runs kept no training curves for this landmark.")
+
+# --- bars -----------------------------------------------------------------------------------
+st.subheader("What each network knows")
+st.caption(
+    "Each bar is how much one network's representation tells about where one landmark is, "
+    "on test faces (nats; whiskers: ± one standard error, across seeds for a group). "
+    "Colour: the run; pattern: the network. A bar slightly below zero means the same as "
+    "zero: the network's numbers did not help on new faces."
+)
+st.plotly_chart(
+    compare_charts.compare_bars({entry.label: entry.estimates for entry in entries}, colours),
+    key="bars_compare",
+    width="stretch",
+    config=compare_charts.download_config(fmt, "mist-compared-mi"),
+)
+st.dataframe(run_groups.readable(entries), hide_index=True, width="stretch")
+st.download_button(
+    "Download the compared runs (CSV)",
+    run_groups.compared_csv(entries),
+    file_name="mist-compared-runs.csv",
+    mime="text/csv",
+    key="csv_compare",
+)
+if len(selected) > 1:
+    st.markdown("**Settings that differ between the selected runs**")
+    differ = differing_settings({i.name: i.config for i in selected if i.config is not None})
+    if differ.empty:
+        st.caption("The selected runs have the same settings.")
+    else:
+        st.dataframe(differ, width="stretch")
+
+# --- one run in detail ----------------------------------------------------------------------
+st.divider()
+st.subheader("One run in detail")
+url.restore("run_a", "detail", chosen[0], valid=lambda v: v in chosen)
+detail = by_name[
+    st.selectbox(
+        "Run", chosen, key="run_a", format_func=lambda name: state.run_label(by_name[name])
+    )
+]
+url.keep("detail", detail.name, chosen[0])
+notes, repeat = st.columns([3, 1])
+with notes:
+    run_detail.show_notes(detail)
+with repeat:
+    run_detail.show_repeat(detail, listed)
+run_detail.show_run(detail, "a", fmt=fmt)

@@ -7,6 +7,7 @@ A :class:`RunStore` is a folder of runs (``runs/`` by default); each run is one 
         status.json       {"status", "message", "traceback", "updated", "created"}
         metrics.csv       long form: step,epoch,split,name,value (appended, fsynced)
         summary.json      results: {"mi": [rows], "steps", "epochs", ...} (optional)
+        notes.json        a person's {"note", "tags", "updated"} (optional; see RunNotes)
         .lock             the writer lock (``fcntl.flock``), held while a process trains
         owner.json        {"pid", "host", "started", "heartbeat"} of that process
         checkpoints/
@@ -28,6 +29,10 @@ One writer per run. A training process holds the run's writer lock
 this process or another, gets :class:`RunBusyError`. A run whose recorded status is queued,
 running or stopping while no live process holds it (killed, crashed machine) lists as
 :attr:`RunStatus.INTERRUPTED`: it can be resumed or deleted.
+
+Notes. ``notes.json`` is the person's, not the trainer's: :meth:`Run.set_notes` writes it
+atomically without the writer lock, so a note can be added while a process trains the run,
+or to any ended run.
 
 Reading. Run names are validated and resolved inside the store, so a name (or a symlink)
 never reaches outside it. Inside a run, files and ``checkpoints/`` are opened relative to the
@@ -57,6 +62,7 @@ from mist_core.runs.lock import STALE_HEARTBEAT_S as STALE_HEARTBEAT_S
 from mist_core.runs.lock import RunBusyError, RunWriter
 from mist_core.runs.metrics import MAX_METRICS_BYTES
 from mist_core.runs.metrics import METRIC_COLUMNS as METRIC_COLUMNS
+from mist_core.runs.notes import MAX_NOTE_CHARS, MAX_TAG_CHARS, MAX_TAGS, RunNotes
 from mist_core.runs.run import Run
 from mist_core.runs.store import RunInfo, RunStore
 
@@ -65,6 +71,9 @@ __all__ = [
     "MAX_CHECKPOINT_BYTES",
     "MAX_JSON_BYTES",
     "MAX_METRICS_BYTES",
+    "MAX_NOTE_CHARS",
+    "MAX_TAGS",
+    "MAX_TAG_CHARS",
     "Checkpoint",
     "ConfigFormat",
     "CorruptCheckpointError",
@@ -72,6 +81,7 @@ __all__ = [
     "RunBusyError",
     "RunFileError",
     "RunInfo",
+    "RunNotes",
     "RunStatus",
     "RunStore",
     "RunWriter",

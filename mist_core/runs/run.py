@@ -43,6 +43,7 @@ from mist_core.runs.metrics import (
     _metric_rows,
     _parse_metrics,
 )
+from mist_core.runs.notes import MAX_NOTES_BYTES, RunNotes
 
 try:  # POSIX; elsewhere the heartbeat alone tells whether a run's owner is alive
     import fcntl
@@ -106,6 +107,10 @@ class Run(_RunCheckpoints):
     @property
     def owner_path(self) -> Path:
         return self.path / "owner.json"
+
+    @property
+    def notes_path(self) -> Path:
+        return self.path / "notes.json"
 
     @property
     def lock_path(self) -> Path:
@@ -345,6 +350,40 @@ class Run(_RunCheckpoints):
         except FileNotFoundError:
             return None
         return _check_summary(data)
+
+    # --- notes -------------------------------------------------------------------------
+
+    def notes(self) -> RunNotes:
+        """The person's note and tags on the run; an empty :class:`RunNotes` without
+        ``notes.json``.
+
+        Raises:
+            RunFileError: ``notes.json`` is unreadable or not of its shape (the message names
+                it and says why).
+        """
+        try:
+            with self._dir() as folder:
+                data = folder.read_json("notes.json", MAX_NOTES_BYTES)
+        except FileNotFoundError:
+            return RunNotes()
+        return RunNotes.from_dict(data)
+
+    def set_notes(self, note: str, tags: Iterable[str]) -> RunNotes:
+        """Replace the run's note and tags (``notes.json``, atomically) and return them as
+        stored: tags stripped, repeats removed, ``updated`` the time now.
+
+        Notes are the user's: this takes no writer lock, so it works while a process trains
+        the run and after it ended (whatever the status). Two writers at once: the last wins.
+
+        Raises:
+            ValueError: a note or tag that breaks :class:`RunNotes`'s rules (the message says
+                what to do); nothing is written then.
+        """
+        notes = RunNotes(note, tags, time.time())
+        with self._dir() as folder:
+            folder.write_atomic("notes.json", _json_bytes(notes.to_dict()))
+        logger.info("run %s: notes updated (%d tags)", self.name, len(notes.tags))
+        return notes
 
     # --- metrics -----------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from mist_core.runs._files import _DIR_MODE, _fsync_dir, _json_bytes
 from mist_core.runs._shapes import _ACTIVE, RunStatus, _check_owner, _is_time
 from mist_core.runs.config_format import JSON_OBJECT, ConfigFormat
 from mist_core.runs.lock import RunBusyError, _busy_message
+from mist_core.runs.notes import RunNotes
 from mist_core.runs.run import Run
 
 logger = logging.getLogger("mist_core.runs")  # one logger for the whole package
@@ -37,7 +38,9 @@ class RunInfo:
     run whose owner is gone. ``last_step`` is the step of the last complete row of
     ``metrics.csv``. ``owner`` is the live writer's ``owner.json`` (``pid``, ``host``,
     ``started``, ``heartbeat``), ``None`` when no process writes the run. ``config`` is as
-    the store's config format reads it.
+    the store's config format reads it. ``note`` and ``tags`` are the person's notes on the
+    run (:meth:`Run.notes`; empty when there are none or ``notes.json`` is unreadable, which
+    is then one of the problems).
     """
 
     name: str
@@ -49,6 +52,8 @@ class RunInfo:
     problem: str | None
     last_step: int | None
     owner: dict | None = None
+    note: str = ""
+    tags: tuple[str, ...] = ()
 
 
 # --- names ---------------------------------------------------------------------------------
@@ -312,8 +317,8 @@ class RunStore:
     def _info(self, name: str) -> RunInfo:
         path = self.root / name
 
-        def broken(problem: str, created: float | None = None) -> RunInfo:
-            return RunInfo(name, path, None, created, None, None, problem, None)
+        def broken(problem: str) -> RunInfo:
+            return RunInfo(name, path, None, None, None, None, problem, None)
 
         if path.is_symlink():
             return broken("a symlink, not a run directory; not followed")
@@ -323,21 +328,41 @@ class RunStore:
             return broken("not a run directory (a plain file)")
         run = self._run(path)
         created = run._created_fallback()
+        problems = []
+        try:  # the person's notes show whatever else is wrong with the run
+            notes = run.notes()
+        except (OSError, ValueError) as error:
+            notes = RunNotes()
+            problems.append(str(error) if "notes.json" in str(error) else f"notes.json: {error}")
+
+        def partial(problem: str, config: Any = None) -> RunInfo:
+            return RunInfo(
+                name,
+                path,
+                None,
+                created,
+                config,
+                None,
+                "; ".join([problem, *problems]),
+                None,
+                note=notes.note,
+                tags=notes.tags,
+            )
+
         try:
             config = run.config()
         except FileNotFoundError:
-            return broken("config.json is missing (a half-created run?)", created)
+            return partial("config.json is missing (a half-created run?)")
         except Exception as error:  # noqa: BLE001 - RunFileError, or an OSError
-            return broken(str(error), created)
+            return partial(str(error))
         try:
             recorded = run.status_info()
         except FileNotFoundError:
-            return RunInfo(name, path, None, created, config, None, "status.json is missing", None)
+            return partial("status.json is missing", config)
         except (OSError, ValueError) as error:
-            return RunInfo(name, path, None, created, config, None, str(error), None)
+            return partial(str(error), config)
         if _is_time(recorded.get("created")):
             created = float(recorded["created"])
-        problems = []
         status = RunStatus(recorded["status"])
         alive, owner = run._liveness()
         if status in _ACTIVE and not alive:
@@ -378,4 +403,6 @@ class RunStore:
             problem="; ".join(problems) or None,
             last_step=last_step,
             owner=owner if alive else None,
+            note=notes.note,
+            tags=notes.tags,
         )

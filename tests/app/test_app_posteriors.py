@@ -8,7 +8,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from app_helpers import TINY, assert_no_exception, charts, open_page, texts
+from app_helpers import TINY, assert_no_exception, charts, new_app, open_page, texts
 
 from mist_core.calibration import FIT_LEVELS, CalibrationReport, Coverage, Recalibration
 from mist_core.checkpoints import load_experiment
@@ -191,3 +191,39 @@ def test_posteriors_over_a_damaged_or_missing_calibration(trained, tmp_path, use
     assert_no_exception(at)
     assert "No calibration for this run yet" in texts(at.info)
     assert len(charts(at)) == 1 + N_ENCODERS
+
+
+def test_posteriors_keep_their_view_in_the_url(trained):
+    root, name = trained
+    at = open_page("posteriors")
+    at.get_by_key("post_landmark").set_value("nose").run()
+    at.get_by_key("post_style").set_value("heatmap").run()
+    at.number_input(key="post_index").set_value(5).run()
+    assert_no_exception(at)
+    assert at.query_params["run"] == name
+    assert at.query_params["landmark"] == "nose"
+    assert at.query_params["view"] == "heatmap"
+    assert at.query_params["face"] == "5"
+    # a new session opened on that URL (a reload, a pasted link) shows the same view
+    again = new_app()
+    for key in ("run", "landmark", "view", "face"):
+        again.query_params[key] = at.query_params[key]
+    again.run()
+    again.switch_page("views/posteriors.py").run()
+    assert_no_exception(again)
+    assert again.selectbox(key="post_run").value.name == name
+    assert again.get_by_key("post_landmark").value == "nose"
+    assert again.get_by_key("post_style").value == "heatmap"
+    assert again.number_input(key="post_index").value == 5
+    assert again.main.caption[-1].value.startswith("Face 5 of the test set")
+
+
+def test_posteriors_ignore_a_link_to_a_face_that_is_not_there(trained):
+    at = new_app()
+    at.query_params["face"] = "99999"
+    at.query_params["landmark"] = "ears"
+    at.run()
+    at.switch_page("views/posteriors.py").run()
+    assert_no_exception(at)
+    assert at.number_input(key="post_index").value == 0
+    assert at.get_by_key("post_landmark").value == "left_eye"

@@ -8,7 +8,6 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from app_helpers import (
     N_LANDMARKS,
@@ -31,55 +30,34 @@ def test_results_show_the_run_table_and_downloads(trained):
     root, name = trained
     at = open_page("results")
     assert_no_exception(at)
+    # The newest run is picked to compare, and shown in detail.
+    assert at.multiselect(key="runs_shown").value == [name]
     run_box = at.selectbox(key="run_a")
-    assert len(run_box.options) == 1 and run_box.options[0].startswith(f"{name} (finished)")
-    assert run_box.value.name == name
+    networks = "Random init, Trained from scratch"
+    assert run_box.options == [f"{name} (finished) · synthetic · {networks}"]
+    assert run_box.value == name
 
-    # st.dataframe without selections carries no key: the tables come in page order.
-    assert len(at.dataframe) == 1
-    table = at.dataframe[0].value
+    # st.dataframe without selections carries no key: the tables come in page order: the
+    # runs, the compared MI, then the run in detail's table.
+    assert len(at.dataframe) == 3
+    runs = at.dataframe[0].value
+    assert runs["Run"].tolist() == [name] and runs["Status"].tolist() == ["finished"]
+    table = at.dataframe[-1].value
     # (a ⚠ column beside the MI appears only when a number is flagged: see below)
     shown = [c for c in table.columns if c != "⚠"]
     assert shown == ["Network", "Landmark", "MI (nats)", "± std. error"]
     assert len(table) == len(TINY["encoders"]) * N_LANDMARKS
     assert set(table["Network"]) == {"Random init (frozen)", "Trained from scratch"}
     assert table["MI (nats)"].notna().all()
-    assert [c.key for c in charts(at)] == ["bars_a", "calibration_a"]
+    assert [c.key for c in charts(at)] == ["curves", "bars_compare", "bars_a", "calibration_a"]
 
     downloads = at.get("download_button")
     labels = [d.proto.label for d in downloads]
-    assert labels == ["Download the table (CSV)", "Download the training curves (CSV)"]
-    # The compare toggle needs a second run.
-    assert at.toggle(key="compare").disabled
-
-
-def test_results_compare_two_runs_side_by_side(two_runs, use_runs):
-    root, older, newer = two_runs
-    use_runs(root)
-    at = open_page("results")
-    assert_no_exception(at)
-    assert at.selectbox(key="run_a").value.name == newer  # newest first
-    toggle = at.toggle(key="compare")
-    assert not toggle.disabled
-    toggle.set_value(True).run()
-    assert_no_exception(at)
-    assert at.selectbox(key="run_b").value.name == older
-    assert len(at.dataframe) == 3  # run A's table, run B's, then side by side
-    side = at.dataframe[2].value
-    assert list(side.columns) == [
-        "Network",
-        "Landmark",
-        f"A: {newer}",
-        f"B: {older}",
-        "B - A (nats)",
+    assert labels == [
+        "Download the compared runs (CSV)",
+        "Download the table (CSV)",
+        "Download the training curves (CSV)",
     ]
-    assert len(side) == len(TINY["encoders"]) * N_LANDMARKS
-    expected = (side[f"B: {older}"] - side[f"A: {newer}"]).round(3)
-    pd.testing.assert_series_equal(side["B - A (nats)"], expected, check_names=False, atol=2e-3)
-    # Both runs' tables and charts are shown.
-    assert len(at.dataframe[1].value) == len(side)
-    assert [c.key for c in charts(at)] == ["bars_a", "calibration_a", "bars_b", "calibration_b"]
-    assert len(at.get("download_button")) == 4
 
 
 def test_results_mark_flagged_numbers_and_say_why(tmp_path, use_runs):
@@ -100,7 +78,7 @@ def test_results_mark_flagged_numbers_and_say_why(tmp_path, use_runs):
     use_runs(store.root)
     at = open_page("results")
     assert_no_exception(at)
-    table = at.dataframe[0].value
+    table = at.dataframe[-1].value  # the run in detail's table
     assert list(table.columns) == ["Network", "Landmark", "MI (nats)", "⚠", "± std. error"]
     assert table["⚠"].tolist() == ["", "⚠"]
     [expander] = [e for e in at.expander if "flagged" in e.label]
@@ -166,8 +144,8 @@ def test_results_draw_the_calibration_chart_beside_the_bars(trained):
     report = _report(root, name)
     at = open_page("results")
     assert_no_exception(at)
-    assert [c.key for c in charts(at)] == ["bars_a", "calibration_a"]
-    chart = at.get("plotly_chart")[1]
+    assert [c.key for c in charts(at)][-2:] == ["bars_a", "calibration_a"]
+    chart = at.get("plotly_chart")[-1]
     lines = _density_lines(chart)
     # one line per network, and the no-image marginal (greyed, dotted)
     assert [t["name"] for t in lines] == [
@@ -203,7 +181,7 @@ def test_results_calibration_per_landmark(trained):
     at.selectbox(key="calib_landmark_a").set_value("nose").run()
     assert_no_exception(at)
     row = report.row("random_init", "nose")
-    lines = _density_lines(at.get("plotly_chart")[1])
+    lines = _density_lines(at.get("plotly_chart")[-1])
     assert lines[1]["y"] == pytest.approx([100 * c.observed for c in row.coverage])
     text = _sentence(at, "Random init (frozen)")
     at50 = row.coverage[report.levels.index(0.5)].observed
@@ -240,7 +218,7 @@ def test_results_calibration_as_drawn_and_recalibrated(trained, tmp_path, use_ru
     assert f"it did {drawn * 10:.1f} times (after recalibration: {fixed * 10:.1f})" in text
     toggle.set_value(True).run()
     assert_no_exception(at)
-    chart = at.get("plotly_chart")[1]
+    chart = at.get("plotly_chart")[-1]
     assert "Recalibrated · all landmarks" in json.dumps(
         json.loads(chart.proto.spec)["layout"]["title"], ensure_ascii=False
     )
@@ -260,8 +238,9 @@ def test_results_over_a_damaged_calibration_shows_a_note(trained, tmp_path, use_
     at = open_page("results")
     assert_no_exception(at)
     assert "calibration could not be read" in texts(at.info)
-    assert [c.key for c in charts(at)] == ["bars_a"]  # the MI bars are still there
-    assert len(at.dataframe) == 1
+    # the MI bars and tables are still there
+    assert [c.key for c in charts(at)] == ["curves", "bars_compare", "bars_a"]
+    assert len(at.dataframe) == 3
 
 
 def test_results_of_an_old_run_without_calibration_give_the_hint(trained, tmp_path, use_runs):
@@ -271,4 +250,4 @@ def test_results_of_an_old_run_without_calibration_give_the_hint(trained, tmp_pa
     hint = texts(at.info)
     assert "No calibration for this run yet" in hint
     assert f"python -m mist_core evaluate {name} --save" in hint
-    assert [c.key for c in charts(at)] == ["bars_a"]
+    assert [c.key for c in charts(at)] == ["curves", "bars_compare", "bars_a"]

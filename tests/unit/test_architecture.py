@@ -53,6 +53,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "mist_core.reference",
         "mist_core.calibration",
         "mist_core.resources",
+        "mist_core.comparison",
     ),
     # 5: running it
     ("mist_core.jobs", "mist_core.cli", "mist_core.__main__"),

@@ -211,6 +211,84 @@ def test_evaluate_and_resume_errors_are_one_line(tmp_path, capsys):
     assert "no checkpoint" in capsys.readouterr().err
 
 
+def test_note_then_list_shows_the_note_and_tags(tmp_path, capsys):
+    store = run_store(tmp_path / "runs")
+    config = preset("demo-cpu", epochs=1)
+    store.create(config, name="done").set_status("finished")
+    runs = ["--run-dir", str(store.root)]
+    assert main([*runs, "note", "done"]) == 0
+    assert capsys.readouterr().out == "run done\ntags: (none)\nnote: (none)\n"
+    long = "lr 1e-3 diverged\nafter epoch 2; " + "x" * 80
+    assert main([*runs, "note", "done", "--note", long, "--tag", "baseline", "--tag", "lr"]) == 0
+    out = capsys.readouterr().out
+    assert "tags: baseline, lr\nnote: lr 1e-3 diverged\nafter epoch 2;" in out
+    assert main([*runs, "note", "done", "--tag", "lr", "--tag", "look"]) == 0
+    assert "tags: baseline, lr, look\n" in capsys.readouterr().out, "added, kept, once"
+    assert main([*runs, "note", str(store.root / "done"), "--clear-tags", "--tag", "keep"]) == 0
+    assert "tags: keep\nnote: lr 1e-3" in capsys.readouterr().out, "the note stays"
+    assert store.open("done").notes().tags == ("keep",)
+    # a run being trained (its writer lock held) takes notes too
+    live = store.create(config, name="live", acquire=True)
+    live.set_status("running")
+    try:
+        assert main([*runs, "note", "live", "--note", "still going"]) == 0
+        capsys.readouterr()
+        assert main([*runs, "list"]) == 0
+    finally:
+        live.writer.release()
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert rows["live"].endswith('"still going"') and "running" in rows["live"]
+    shown = " ".join(long.split())[:57] + '..."'
+    assert rows["done"].endswith(f'  [keep]  "{shown}'), "tags, then the note's start"
+    assert "\n" not in rows["done"] and "finished" in rows["done"]
+    # mistakes are one error line
+    assert main([*runs, "note", "done", "--tag", "a,b"]) == 2
+    assert "error: " in (err := capsys.readouterr().err) and "comma" in err
+    assert main([*runs, "note", "nowhere"]) == 2
+    assert "no run 'nowhere'" in capsys.readouterr().err
+    store.open("done").notes_path.write_text("{torn")
+    assert main([*runs, "note", "done", "--tag", "x"]) == 2
+    assert "notes.json is not valid JSON" in capsys.readouterr().err
+    assert main([*runs, "list"]) == 0
+    assert "problem: notes.json is not valid JSON" in capsys.readouterr().out
+    # replacing the note and the tags needs nothing of the damaged file
+    assert main([*runs, "note", "done", "--note", "fresh", "--clear-tags"]) == 0
+    assert store.open("done").notes().note == "fresh"
+
+
+@pytest.mark.slow
+def test_evaluate_two_seeds_prints_their_mean(tmp_path, capsys):
+    runs = ["--run-dir", str(tmp_path / "runs")]
+    tiny = [*TINY, "--set", "epochs=1"]
+    for seed in (0, 1):
+        train = [*runs, "train", "--preset", "demo-cpu", *tiny, "--set", f"seed={seed}"]
+        assert main([*train, "--name", f"seed{seed}"]) == 0
+    capsys.readouterr()
+    store = run_store(tmp_path / "runs")
+    store.create(preset("demo-cpu", epochs=1), name="untrained")  # no checkpoint
+    quick = ["--calibration-faces", "0"]
+    assert main([*runs, "evaluate", "seed0", "seed1", str(store.root / "untrained"), *quick]) == 2
+    captured = capsys.readouterr()
+    assert "error: cannot evaluate run 'untrained'" in captured.err, "said, the others go on"
+    out = captured.out
+    assert out.count("MI in nats (± standard error)") == 2
+    assert "run seed0, checkpoint of step 6" in out and "run seed1, checkpoint" in out
+    group = out[out.index("seeds 0, 1 of seed0 (mean ± s.e. across 2 runs)") :]
+    assert group.splitlines()[2].split() == ["encoder", "random_init", "trained", "k"]
+    # each cell: the mean of the two runs' estimates (the job's, which evaluate reproduces)
+    # and, for k = 2, s.e. = |a - b| / sqrt(2) / sqrt(2) = |a - b| / 2
+    tables = [store.open(f"seed{s}").summary()["mi"] for s in (0, 1)]
+    for a, b in zip(*tables, strict=True):
+        line = next(row for row in group.splitlines() if row.startswith(a["landmark"]))
+        cell = f"{(a['mi'] + b['mi']) / 2:6.3f} ± {abs(a['mi'] - b['mi']) / 2:.3f}"
+        assert cell in line and line.rstrip().endswith(" 2"), (cell, line)
+    # one run (or the same run twice) prints no group
+    assert main([*runs, "evaluate", "seed0", str(store.root / "seed0"), *quick]) == 0
+    captured = capsys.readouterr()
+    assert "seeds " not in captured.out and captured.out.count("run seed0,") == 1
+    assert "run seed0 is given twice; evaluated once" in captured.err
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_with_a_checkpoint_and_resume_finishes(tmp_path):
     process = subprocess.Popen(

@@ -29,6 +29,7 @@ from mist_core.runs import (
     RunBusyError,
     RunFileError,
     RunInfo,
+    RunNotes,
     RunStatus,
     RunStore,
 )
@@ -743,6 +744,9 @@ def test_other_process_holds_the_lock_then_is_killed(store):
             run.acquire_writer()
         with pytest.raises(RunBusyError):
             store.delete("shared")
+        # notes are the person's: written while another process trains the run
+        assert run.set_notes("looked at it mid-run", ["live"]).tags == ("live",)
+        assert store.list()[0].note == "looked at it mid-run"
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait(timeout=30)
     finally:
@@ -963,6 +967,7 @@ def test_one_file_mode_for_everything_a_run_writes(store):
         run.write_summary({"steps": 1})
         run.save_checkpoint({"w": torch.ones(2)}, step=1, epoch=0, optimizer_state={"x": 1})
         run.truncate_metrics(5)
+        run.set_notes("a note", ["tag"])
         run.writer._beat()
         run.writer.release()
         run.acquire_writer()  # owner.json again, for the listing
@@ -976,7 +981,9 @@ def test_one_file_mode_for_everything_a_run_writes(store):
         folders = {p: m for p, m in modes.items() if (store.root / p).is_dir()}
         assert set(files.values()) == {"0o640"}, files
         assert set(folders.values()) == {"0o750"}, folders
-        assert {"modes/.lock", "modes/owner.json", "modes/metrics.csv"} <= set(files)
+        assert {"modes/.lock", "modes/owner.json", "modes/metrics.csv", "modes/notes.json"} <= set(
+            files
+        )
     finally:
         run.writer.release()
 
@@ -1021,3 +1028,118 @@ def test_half_created_and_leftover_folders(store):
     os.utime(staging, (old, old))
     store.create(CONFIG, name="b")
     assert not staging.exists() and trash.exists(), "only stale leftovers are removed"
+
+
+# --- notes ----------------------------------------------------------------------------------
+
+
+def test_notes_round_trip_atomically(store):
+    run = store.create(CONFIG, name="noted")
+    assert run.notes() == RunNotes() and run.notes().updated is None, "no notes.json: empty"
+    before = time.time()
+    stored = run.set_notes("lr too high?\nsee epoch 2", [" baseline ", "lr", "baseline"])
+    assert stored.note == "lr too high?\nsee epoch 2"
+    assert stored.tags == ("baseline", "lr"), "stripped, the repeat dropped, order kept"
+    assert before <= stored.updated <= time.time()
+    assert run.notes() == stored
+    assert store.open("noted").notes() == stored, "a fresh Run object reads them"
+    assert json.loads(run.notes_path.read_text()) == {
+        "note": "lr too high?\nsee epoch 2",
+        "tags": ["baseline", "lr"],
+        "updated": stored.updated,
+    }
+    assert run.set_notes("", (t for t in ["x"])).tags == ("x",), "any iterable of tags"
+    assert run.notes().note == ""
+    assert [p.name for p in run.path.iterdir() if p.name.endswith(".tmp")] == []
+    info = store.info("noted")
+    assert (info.note, info.tags, info.problem) == ("", ("x",), None)
+    assert store.create(CONFIG, name="bare") and store.info("bare").tags == ()
+
+
+@pytest.mark.parametrize(
+    ("note", "tags", "message"),
+    [
+        ("x" * 10_001, [], "at most 10,000 characters"),
+        ("", [f"t{i}" for i in range(21)], "at most 20 tags"),
+        ("", ["a, b"], "comma"),
+        ("", ["two\nlines"], "line break"),
+        ("", ["  "], "must not be empty"),
+        ("", ["t" * 41], "at most 40"),
+        ("", "baseline", "not one string"),
+        ("", [3], "must be a string"),
+        (None, [], "must be a string"),
+    ],
+)
+def test_invalid_notes_say_what_to_do_and_write_nothing(store, note, tags, message):
+    run = store.create(CONFIG, name="strict")
+    run.set_notes("kept", ["old"])
+    with pytest.raises(ValueError, match=message):
+        run.set_notes(note, tags)
+    assert (run.notes().note, run.notes().tags) == ("kept", ("old",))
+    assert run.set_notes("x" * 10_000, [f"t{i}" for i in range(20)]).tags[-1] == "t19", "limits"
+
+
+def test_notes_while_another_run_object_trains_and_after_it_ended(store):
+    trainer = store.create(CONFIG, name="busy", acquire=True)
+    trainer.set_status("running")
+    try:
+        dashboard = store.open("busy")
+        assert dashboard.set_notes("from the dashboard", ["live"]).note == "from the dashboard"
+        with pytest.raises(RunBusyError):
+            dashboard.acquire_writer()  # the notes took no lock, and the trainer keeps its own
+        assert trainer.writer.held and trainer.notes().tags == ("live",)
+        info = store.info("busy")
+        assert info.status is RunStatus.RUNNING and info.tags == ("live",)
+    finally:
+        trainer.writer.release()
+    assert store.info("busy").status is RunStatus.INTERRUPTED
+    store.open("busy").set_notes("killed?", ["live", "look"])
+    for status in ("stopped", "finished", "failed"):
+        trainer.set_status(status)
+        store.open("busy").set_notes(status, [])
+        assert store.info("busy").note == status
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "notes.json is not valid JSON"),
+        ('["a"]', "notes.json is a list"),
+        ('{"tags": "abc"}', "notes.json: tags must be a list"),
+        ('{"note": 3}', "notes.json: a run's note must be a string"),
+        ('{"updated": "today"}', "notes.json: 'updated' must be a time"),
+    ],
+)
+def test_damaged_notes_are_a_problem_that_hides_nothing_else(store, content, message):
+    run = store.create(CONFIG, name="damaged")
+    run.set_status("finished")
+    run.write_summary({"mi": [_row("e", "nose", 0.5)], "steps": 4})
+    run.append_metrics([(4, 0, "train", "loss", 1.0)])
+    run.notes_path.write_text(content)
+    with pytest.raises(RunFileError, match=message):
+        run.notes()
+    info = {i.name: i for i in store.list()}["damaged"]
+    assert message in info.problem
+    assert info.status is RunStatus.FINISHED and info.config == CONFIG
+    assert info.summary["steps"] == 4 and info.last_step == 4
+    assert (info.note, info.tags) == ("", ())
+    # with the status unreadable too, both problems are said
+    run.status_path.write_text('{"status": "dancing"}')
+    info = store.info("damaged")
+    assert "status.json" in info.problem and message in info.problem
+    assert info.config == CONFIG
+    run.set_notes("fixed", [])  # setting them again replaces the damaged file
+    assert run.notes().note == "fixed"
+
+
+def test_notes_are_never_read_or_written_through_a_symlink(store, tmp_path):
+    run = store.create(CONFIG, name="linked")
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps({"note": "not the run's", "tags": []}))
+    run.notes_path.symlink_to(outside)
+    with pytest.raises(RunFileError, match="notes.json is a symbolic link"):
+        run.notes()
+    assert "symbolic link" in store.info("linked").problem
+    run.set_notes("mine", [])
+    assert not run.notes_path.is_symlink() and run.notes().note == "mine"
+    assert json.loads(outside.read_text())["note"] == "not the run's", "the target untouched"
