@@ -6,10 +6,11 @@ Trains one tiny run (a few seconds), copies it ``--runs`` times into a scratch s
 seeds, learning rates, notes and tags; checkpoints left out: Results does not read them),
 starts the dashboard as ``make app`` does (``app/serve.py``) on that store, and opens
 ``/results`` in headless Chromium with ``--select`` runs in the URL (the curves, bars and
-table of the settings that differ are drawn). It prints the seconds from navigation until
-the page is idle with its charts drawn: the first visit (the server's caches cold), then
-each later visit (a reload: a new session on a warm server). Needs /usr/bin/chromium
-(``bash tests/e2e/install_chromium.sh``).
+table of the settings that differ are drawn). It prints the seconds until every chart is
+drawn and no script runs: the first visit (the server's caches cold); later visits from
+the sidebar (the way a person comes back to the page); reloads of the URL (the browser
+fetches and starts the app again); and the page's script alone (AppTest, server side).
+Needs /usr/bin/chromium (``bash tests/e2e/install_chromium.sh``).
 """
 
 from __future__ import annotations
@@ -112,20 +113,61 @@ def _wait_until_up(url: str, timeout: float = 90) -> None:
     raise RuntimeError(f"the dashboard at {url} did not answer within {timeout:.0f} s")
 
 
+#: Every chart of the Results page with runs selected: curves, compared bars, and the run
+#: in detail's bars and calibration.
+CHARTS = 4
+_DRAWN = """n => {
+    const s = document.querySelector('[data-testid="stStatusWidget"]');
+    const title = document.querySelector('h1');
+    const drawn = [...document.querySelectorAll('.js-plotly-plot')]
+        .filter(plot => plot.querySelector('.trace')).length;
+    return title && /Results/.test(title.innerText) && (!s || !/running/i.test(s.innerText))
+        && drawn >= n;
+}"""
+
+
+def _until_drawn(page, start: float) -> float:
+    page.wait_for_function(_DRAWN, arg=CHARTS, timeout=120_000, polling=50)
+    return time.perf_counter() - start
+
+
 def _visit(page, address: str) -> float:
-    """Seconds from navigation until the page is idle and its charts are drawn."""
+    """Seconds from a page load (the browser fetches the app again: a reload, a pasted
+    link) until every chart is drawn and no script runs."""
     start = time.perf_counter()
     page.goto(address)
-    page.locator("h1").first.wait_for(timeout=120_000)
-    page.wait_for_function(
-        """() => {
-            const s = document.querySelector('[data-testid="stStatusWidget"]');
-            const charts = document.querySelectorAll('.js-plotly-plot svg.main-svg');
-            return (!s || !/running/i.test(s.innerText)) && charts.length >= 3;
-        }""",
-        timeout=120_000,
-    )
-    return time.perf_counter() - start
+    return _until_drawn(page, start)
+
+
+def _switch(page) -> float:
+    """Seconds from a click on Results in the sidebar (from About, no reload) until every
+    chart is drawn and no script runs."""
+    page.get_by_role("link", name="About").first.click()
+    page.wait_for_function("() => /About/.test(document.querySelector('h1')?.innerText)")
+    start = time.perf_counter()
+    page.get_by_role("link", name="Results").first.click()
+    return _until_drawn(page, start)
+
+
+def _script_seconds(runs: Path, names: list[str], repeats: int) -> list[float]:
+    """The Results page's script alone (AppTest, in this process): seconds per run after
+    the first."""
+    os.environ.update(MIST_RUNS_DIR=str(runs), MIST_WARM_UP="0")
+    sys.path.insert(0, str(ROOT / "app"))
+    from streamlit.testing.v1 import AppTest
+
+    app = AppTest.from_file(str(ROOT / "app" / "main.py"), default_timeout=120)
+    app.query_params["run"] = names
+    app.run()
+    app.switch_page("views/results.py").run()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        app.run()
+        seconds.append(time.perf_counter() - start)
+    if app.exception:
+        raise RuntimeError(f"the Results page failed: {app.exception[0].message}")
+    return seconds
 
 
 def measure(n_runs: int, visits: int, select: int) -> dict:
@@ -146,14 +188,23 @@ def measure(n_runs: int, visits: int, select: int) -> dict:
                     executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True
                 )
                 page = browser.new_page(viewport={"width": 1400, "height": 3400})
-                times = [_visit(page, address) for _ in range(visits + 1)]
+                loads = [_visit(page, address) for _ in range(visits + 1)]
+                switches = [_switch(page) for _ in range(visits)]
                 browser.close()
         finally:
             process.terminate()
             process.wait(timeout=30)
+        script = _script_seconds(work / "runs", names[-select:], visits)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"runs": n_runs, "selected": select, "first": times[0], "later": times[1:]}
+    return {
+        "runs": n_runs,
+        "selected": select,
+        "first": loads[0],
+        "loads": loads[1:],
+        "switches": switches,
+        "script": script,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,13 +215,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args(argv)
     result = measure(args.runs, args.visits, args.select)
-    later = result["later"]
+
+    def spread(values: list[float]) -> str:
+        return f"median {statistics.median(values):.2f} s (max {max(values):.2f} s)"
+
     text = (
         f"Results page with {result['runs']} runs in the store, {result['selected']} selected "
-        f"(headless Chromium, `python -m bench.results_page`): first visit "
-        f"{result['first']:.2f} s; later visits median {statistics.median(later):.2f} s "
-        f"(max {max(later):.2f} s, {len(later)} visits).\n\n"
-        f"Machine: {cpu_model()}; {environment(threads=False)}."
+        f"(`python -m bench.results_page`, {len(result['script'])} repeats; seconds until "
+        "all 4 charts are drawn and no script runs):\n\n"
+        f"- the page's script alone (server side): {spread(result['script'])}\n"
+        f"- opening Results from the sidebar after the first visit: "
+        f"{spread(result['switches'])}\n"
+        f"- loading the page's URL again (a reload: the browser fetches the app too): "
+        f"{spread(result['loads'])}; the very first visit {result['first']:.2f} s\n\n"
+        f"Machine: {cpu_model()}; {environment(threads=False)}; headless Chromium."
     )
     print(text)
     if args.write_readme:

@@ -46,10 +46,23 @@ CelebA dataset on disk, the same measurements run on real photos.
 
 ### The pages
 * **Train**: choose networks and landmarks, press Start, watch the MI grow.
-* **Results**: the bar chart and table of a finished run; compare two runs.
+* **Results**: every finished run in a table you can search, with your notes and tags;
+  pick several to overlay their training curves and group their bars by landmark, see
+  which settings differ, and look at one run in detail. The address bar keeps what you
+  picked: copy it to share the same view.
 * **Posteriors**: for one face, where each network thinks a landmark is: the regions
   holding 50% and 90% of the probability, and how many nats this one face gives.
 * **Your photo**: the same on a photo of yours (it never leaves this computer).
+
+### Runs that differ only by their seed
+Training starts from random weights and sees the faces in a random order; the *seed*
+fixes both. Two runs with the same settings but another seed give somewhat different
+numbers, by luck alone. So on **Results**, runs whose settings differ only by their seed
+are shown together as one entry: the **mean** of their estimates, and whiskers (or a band
+around the curve) of **± one standard error** across the seeds, the spread of runs divided
+by the square root of their number. A difference between two settings that is much smaller
+than their error bars may be luck; *Repeat with 3 more seeds* on a finished run trains the
+same settings again to find out.
 
 The science follows the torch-mist tutorial notebook (DoE with flow densities on CelebA
 landmarks); the library behind this page is `mist_core`, usable from Python and from the
