@@ -37,8 +37,11 @@ def test_page_renders_with_a_trained_run(trained, page):
     assert_no_exception(at)
     assert [t.value for t in at.title] == [TITLES[page]]
     assert not at.error
-    if page in ("results", "posteriors"):
-        assert trained[1] in at.selectbox[0].value.name
+    if page == "results":
+        assert at.multiselect(key="runs_shown").value == [trained[1]]
+        assert at.selectbox(key="run_a").value == trained[1]
+    if page == "posteriors":
+        assert at.selectbox(key="post_run").value.name == trained[1]
     assert "No finished run yet" not in texts(at.info)
     assert "No trained model yet" not in texts(at.info)
 

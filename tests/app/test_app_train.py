@@ -77,7 +77,8 @@ def test_start_trains_to_the_end_and_shows_the_mi(empty_runs):
     assert [info.name for info in state.runs_with_results()] == [snap.run_name]
     at.switch_page(f"{PAGES}/results.py").run()
     assert_no_exception(at)
-    assert len(at.dataframe[0].value) == len(snap.mi_table) == 10
+    assert at.dataframe[0].value["Run"].tolist() == [snap.run_name]  # the table of runs
+    assert len(at.dataframe[-1].value) == len(snap.mi_table) == 10  # its MI, in detail
 
 
 def test_stop_stops_a_running_training(empty_runs):
