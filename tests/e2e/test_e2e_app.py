@@ -69,7 +69,8 @@ def test_the_app_loads_on_the_train_page(page, server, screenshot):
 def test_results_and_about_render(page, server, screenshot):
     goto(page, server, "results")
     appear(page, page.locator(PLOT).first)
-    page.get_by_text(server.run_name).first.wait_for()
+    detail = page.locator(".st-key-run_a").get_by_role("combobox")  # the newest run
+    expect(detail).to_have_value(re.compile(re.escape(server.run_name)), timeout=60_000)
     screenshot(page, "02-results-page")
     assert_healthy(page)
     goto(page, server, "about")
