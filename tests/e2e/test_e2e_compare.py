@@ -95,7 +95,7 @@ def test_compare_three_runs_share_the_view_and_keep_a_note(page, server, launch,
     page.wait_for_url(re.compile(r"log=1"), timeout=60_000)
     wait_idle(page)
     _check_view(page, names)
-    screenshot(page, "30-results-compare")
+    screenshot(page, "40-results-compare")
     shared = page.url
     assert shared.count("run=") == 3 and "smooth=0.3" in shared and "log=1" in shared, shared
     assert_healthy(page, console)
@@ -107,7 +107,7 @@ def test_compare_three_runs_share_the_view_and_keep_a_note(page, server, launch,
     tab.goto(shared)
     wait_idle(tab)
     _check_view(tab, names)
-    screenshot(tab, "31-results-compare-reopened")
+    screenshot(tab, "41-results-compare-reopened")
     assert not tab_errors, tab_errors
     tab.close()
 
@@ -129,5 +129,5 @@ def test_compare_three_runs_share_the_view_and_keep_a_note(page, server, launch,
     ).stdout
     line = next(line for line in listed.splitlines() if line.startswith(name))
     assert NOTE in line and "[baseline, sweep]" in line, line
-    screenshot(page, "32-results-notes")
+    screenshot(page, "42-results-notes")
     assert_healthy(page, console)
