@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import signal
 import sys
 import threading
@@ -57,17 +56,23 @@ import time
 import traceback
 import zipfile
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from mist_core import distributed
 from mist_core.calibration import CalibrationReport, calibrate
 from mist_core.checkpoints import restore_checkpoint, run_store
-from mist_core.comparison import GroupEstimate, SeedGroup, group_by_seed, mean_estimates
+from mist_core.cli_text import (
+    format_calibration,
+    format_group_table,
+    format_notes,
+    format_table,
+    format_warnings,
+    run_line,
+)
+from mist_core.comparison import group_by_seed, mean_estimates
 from mist_core.experiment import PRESETS, ExperimentConfig, LandmarkExperiment, preset
 from mist_core.jobs import DeviceBusyError, Job, JobRegistry, QueueFullError
 from mist_core.results import PairEstimate, to_frame
@@ -129,56 +134,6 @@ def _open_run(args: argparse.Namespace, text: str | None = None) -> Run:
             store = run_store(folder)
         text = Path(text).name
     return store.open(text)
-
-
-def format_table(table: pd.DataFrame) -> str:
-    """The MI table (:func:`mist_core.results.to_frame`'s columns) as text: landmarks as rows,
-    encoders as columns, 'mi ± se' nats."""
-    if table.empty:
-        return "(no MI table)"
-    cells = table.assign(
-        cell=[f"{m:6.3f} ± {s:.3f}" for m, s in zip(table.mi, table.std_error, strict=True)]
-    )
-    pivot = cells.pivot(index="landmark", columns="encoder", values="cell")
-    pivot = pivot.reindex(
-        index=list(dict.fromkeys(table.landmark)), columns=list(dict.fromkeys(table.encoder))
-    )
-    return "MI in nats (± standard error) on the test images\n" + pivot.to_string()
-
-
-def format_group_table(group: SeedGroup, estimates: Sequence[GroupEstimate]) -> str:
-    """The mean ± standard error across a seed group's runs as text, laid out as
-    :func:`format_table` (landmarks as rows, encoders as columns) plus a column ``k``: the
-    runs behind each row's numbers (``min-max`` when they differ, some estimates NaN)."""
-    seeds = ", ".join("?" if seed is None else str(seed) for seed in group.seeds)
-    head = f"seeds {seeds} of {group.runs[0].name} (mean ± s.e. across {len(group.runs)} runs)"
-    if not estimates:
-        return f"{head}\n(no MI table)"
-    table = pd.DataFrame(
-        {
-            "encoder": [e.representation for e in estimates],
-            "landmark": [e.target for e in estimates],
-            "cell": [f"{e.mi:6.3f} ± {e.std_error:.3f}" for e in estimates],
-            "k": [e.k for e in estimates],
-        }
-    )
-    landmarks = list(dict.fromkeys(table.landmark))
-    pivot = table.pivot(index="landmark", columns="encoder", values="cell")
-    pivot = pivot.reindex(index=landmarks, columns=list(dict.fromkeys(table.encoder)))
-    counts = table.groupby("landmark", sort=False)["k"].agg(["min", "max"]).loc[landmarks]
-    pivot["k"] = [
-        str(low) if low == high else f"{low}-{high}"
-        for low, high in zip(counts["min"], counts["max"], strict=True)
-    ]
-    pivot.columns.name = "encoder"
-    return f"{head}\nMI in nats (mean ± standard error across runs)\n{pivot.to_string()}"
-
-
-def format_warnings(estimates: Sequence[PairEstimate]) -> str:
-    """A ``Warnings:`` block, one line ``I(encoder;landmark): text`` per warning of each
-    estimate; ``""`` when none has any."""
-    lines = [f"{e.name}: {text}" for e in estimates for text in e.warnings]
-    return "\n".join(["Warnings:", *lines]) if lines else ""
 
 
 def _print_table(estimates: Sequence[PairEstimate]) -> None:
@@ -366,17 +321,6 @@ def _calibration_progress(split: str, done: int, total: int) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
-def format_calibration(report: CalibrationReport) -> str:
-    """How often the 50% and 90% regions held the truth, per landmark and density, as text."""
-    lines = [
-        f"How often the posterior regions held the true position ({report.split} faces; "
-        "'recalibrated': drawn at the masses fitted on the validation faces)"
-    ]
-    frame = report.to_frame()
-    lines.append(frame.to_string(index=False))
-    return "\n".join(lines)
-
-
 def _save_calibration(run: Run, report: CalibrationReport) -> None:
     """Write the report into the run's summary (the pages read it), under its writer lock."""
     writer = run.acquire_writer()
@@ -494,62 +438,14 @@ def _estimate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _when(created: float | None) -> str:
-    if created is None:
-        return "?"
-    try:
-        return datetime.fromtimestamp(created).strftime("%Y-%m-%d %H:%M")
-    except (OverflowError, OSError, ValueError):
-        return "?"
-
-
-#: How much of a run's note ``list`` shows, in characters.
-_NOTE_CHARS = 60
-
-
-def _row(info: RunInfo) -> str:
-    """One line of ``list``: what could be read of the run, then its problem if any."""
-    status = info.status.value if info.status else "unreadable"
-    config = info.config
-    what = f"{config.dataset}, {'+'.join(config.encoders)}" if config else ""
-    best = ""
-    rows = (info.summary or {}).get("mi") or []
-    finite = [e for e in map(PairEstimate.from_dict, rows) if not math.isnan(e.mi)]
-    if finite:
-        top = max(finite, key=lambda e: e.mi)
-        best = f"  best {top.name} = {top.mi:.2f} nats"
-    step = f"step {info.last_step}" if info.last_step is not None else ""
-    owner = ""
-    if info.owner:
-        owner = f"  (process {info.owner.get('pid')} on {info.owner.get('host')})"
-    tags = f"  [{', '.join(info.tags)}]" if info.tags else ""
-    note = ""
-    if info.note:
-        text = " ".join(info.note.split())  # line breaks as spaces
-        note = f'  "{text if len(text) <= _NOTE_CHARS else text[: _NOTE_CHARS - 3] + "..."}"'
-    problem = f"  problem: {info.problem}" if info.problem else ""
-    line = (
-        f"{info.name:32s} {_when(info.created)}  {status:11s} {step:10s} "
-        f"{what}{best}{owner}{tags}{note}"
-    )
-    return (line.rstrip() + problem).replace("\n", " ")
-
-
 def _list(args: argparse.Namespace) -> int:
     runs = run_store(args.run_dir).list()
     if not runs:
         print(f"no runs in {args.run_dir}")
         return 0
     for info in runs:
-        print(_row(info))
+        print(run_line(info))
     return 0
-
-
-def format_notes(name: str, notes: RunNotes) -> str:
-    """A run's note and tags as ``note`` prints them."""
-    when = f" (notes of {_when(notes.updated)})" if notes.updated is not None else ""
-    tags = ", ".join(notes.tags) if notes.tags else "(none)"
-    return f"run {name}{when}\ntags: {tags}\nnote: {notes.note or '(none)'}"
 
 
 def _note(args: argparse.Namespace) -> int:
@@ -579,37 +475,8 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m mist_core",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--run-dir", default="runs", help="folder of run directories")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    train = commands.add_parser("train", help="train an experiment into a new run")
-    source = train.add_mutually_exclusive_group()
-    source.add_argument("--config", help="an ExperimentConfig JSON file")
-    source.add_argument("--preset", choices=sorted(PRESETS), help="a ready-made config")
-    train.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="change a config field, e.g. --set epochs=3 (repeatable)",
-    )
-    train.add_argument("--name", help="run name (default: time stamp)")
-    train.add_argument("--run-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    train.set_defaults(func=_train)
-
-    resume = commands.add_parser(
-        "resume", help="continue a stopped or interrupted run from its checkpoint"
-    )
-    resume.add_argument("run", help="a run name or a run folder (runs/NAME)")
-    resume.add_argument("--run-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    resume.set_defaults(func=_resume)
-
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    """The ``evaluate`` command: several runs, calibration flags."""
     evaluate = commands.add_parser(
         "evaluate",
         help="print runs' MI tables (and, for runs that differ only in seed, their mean)",
@@ -649,6 +516,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--run-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     evaluate.set_defaults(func=_evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mist_core",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--run-dir", default="runs", help="folder of run directories")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train an experiment into a new run")
+    source = train.add_mutually_exclusive_group()
+    source.add_argument("--config", help="an ExperimentConfig JSON file")
+    source.add_argument("--preset", choices=sorted(PRESETS), help="a ready-made config")
+    train.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="change a config field, e.g. --set epochs=3 (repeatable)",
+    )
+    train.add_argument("--name", help="run name (default: time stamp)")
+    train.add_argument("--run-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    train.set_defaults(func=_train)
+
+    resume = commands.add_parser(
+        "resume", help="continue a stopped or interrupted run from its checkpoint"
+    )
+    resume.add_argument("run", help="a run name or a run folder (runs/NAME)")
+    resume.add_argument("--run-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    resume.set_defaults(func=_resume)
+
+    _add_evaluate(commands)
 
     listing = commands.add_parser("list", help="list the runs")
     listing.add_argument("--run-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
