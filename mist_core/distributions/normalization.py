@@ -124,6 +124,15 @@ class EMANorm(LazyTransform):
         return _Standardize(self)
 
 
+def _unexpanded(t: Tensor) -> Tensor:
+    """``t`` without the repeats of ``Tensor.expand``: size 1 along every dimension whose
+    stride is 0 (``t`` is a broadcast of that view, which is what elementwise maps need)."""
+    for dim in range(t.dim()):
+        if t.stride(dim) == 0 and t.shape[dim] > 1:
+            t = t.narrow(dim, 0, 1)
+    return t
+
+
 class _Standardize(Transform):
     """The affine map of an :class:`EMANorm`, reading its buffers at call time."""
 
@@ -137,7 +146,8 @@ class _Standardize(Transform):
         self.norm = norm
 
     def _call(self, y: Tensor) -> Tensor:
-        return self.norm.standardize(y)
+        # a grid broadcast against a batch of contexts is standardised once, not per context
+        return self.norm.standardize(_unexpanded(y)).expand(y.shape)
 
     def _inverse(self, z: Tensor) -> Tensor:
         return z * self.norm.scale() + self.norm.mean

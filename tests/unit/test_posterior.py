@@ -125,3 +125,69 @@ def test_one_context_for_a_grid_gives_the_same_log_prob_as_one_context_per_point
         rtol=1e-10,
         atol=1e-10,
     )
+
+
+@pytest.mark.parametrize("n_transforms", [1, 2])
+@pytest.mark.parametrize("transform", ["affine_autoregressive", "spline_autoregressive"])
+def test_a_batch_of_contexts_over_one_grid_gives_each_context_s_log_prob(transform, n_transforms):
+    """Contexts ``[B, 1, 1, C]`` against one grid ``[H, W, 2]`` (the calibration's batches):
+    each context's map, as with one context per point. On a pixel grid the conditioner of
+    the first layer runs once per column (it reads only x), and the grid is standardised
+    once for the batch."""
+    from mist_core.distributions import conditional_transformed_normal
+    from mist_core.posterior import pixel_grid
+
+    torch.manual_seed(0)
+    q = conditional_transformed_normal(
+        2,
+        context_dim=32,
+        hidden_dims=[16, 8],
+        transform_name=f"conditional_{transform}",
+        n_transforms=n_transforms,
+    )
+    q.eval()
+    for parameter in q.parameters():  # move away from the identity start
+        parameter.data.add_(0.3 * torch.randn_like(parameter))
+    q.normalization.mean.copy_(torch.tensor([8.0, 10.0]))
+    q.normalization.std.copy_(torch.tensor([4.0, 5.0]))
+    contexts = torch.randn(4, 32)
+    for grid in (pixel_grid(20, 16), torch.rand(7, 5, 2) * 16):
+        batch = q.condition(contexts[:, None, None, :]).log_prob(grid)
+        assert batch.shape == (4, *grid.shape[:-1])
+        for context, fast in zip(contexts, batch, strict=True):
+            plain = q.condition(context.expand(*grid.shape[:-1], 32)).log_prob(grid)
+            # float32, added in another order (see the test above)
+            torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+    q64 = q.double()
+    grid = pixel_grid(20, 16).double()
+    torch.testing.assert_close(
+        q64.condition(contexts.double()[:, None, None, :]).log_prob(grid),
+        torch.stack(
+            [q64.condition(c.expand(20, 16, 32)).log_prob(grid) for c in contexts.double()]
+        ),
+        rtol=1e-10,
+        atol=1e-10,
+    )
+
+
+def test_the_standard_normal_base_scores_as_torch_s_normal_bit_for_bit():
+    """flows' base N(0, I) leaves the zero mean and unit scale out of log_prob (and sums a
+    last dimension of 2 as one addition): torch's numbers, bit for bit, and its samples."""
+    from torch.distributions import Independent, Normal
+
+    from mist_core.distributions.flows import StandardNormal
+
+    for features, batch, points in (
+        (2, (), (500, 2)),
+        (2, (3, 1, 1), (3, 6, 5, 2)),
+        (3, (4,), (3,)),
+    ):
+        base = StandardNormal(features)().expand(torch.Size(batch))
+        torch_normal = Independent(Normal(torch.zeros(features), torch.ones(features)), 1)
+        torch_normal = torch_normal.expand(torch.Size(batch))
+        value = torch.randn(points) * 10
+        assert torch.equal(base.log_prob(value), torch_normal.log_prob(value))
+        torch.manual_seed(1)
+        drawn = base.sample((2,))
+        torch.manual_seed(1)
+        assert torch.equal(drawn, torch_normal.sample((2,)))
