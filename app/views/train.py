@@ -37,8 +37,9 @@ start_error = st.session_state.pop("start_error", None)
 
 PRESET_HELP = {
     "demo-cpu": "The demo: built-in drawn faces, 1,800 small images for training, 1,200 held "
-    "out for validation and 1,200 for the test, 6 epochs (a few minutes on a 2-core CPU, then "
-    "a few more to check how often the posterior regions hold the true positions).",
+    "out for validation and 1,200 for the test, 6 epochs (a few minutes on a 2-core CPU, "
+    "the last of them spent checking how often the posterior regions hold the true "
+    "positions).",
     "seed": "The seed notebook's experiment: CelebA at full size, 20 epochs (hours; for a GPU).",
 }
 
