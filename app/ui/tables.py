@@ -18,7 +18,7 @@ from mist_core.runs import RunInfo
 
 from . import labels
 
-__all__ = ["FLAG", "csv_bytes", "flag_notes", "readable", "run_estimates", "side_by_side"]
+__all__ = ["FLAG", "csv_bytes", "flag_notes", "readable", "run_estimates"]
 
 #: Decimals shown in the tables (a standard error is rarely below 0.01 nats).
 DECIMALS = 3
@@ -65,22 +65,3 @@ def csv_bytes(estimates: Sequence[PairEstimate]) -> bytes:
     warnings (a row's sentences joined by " | ", empty when none)."""
     frame = to_frame(estimates).assign(warnings=[" | ".join(e.warnings) for e in estimates])
     return frame.to_csv(index=False).encode()
-
-
-def side_by_side(
-    first: Sequence[PairEstimate], second: Sequence[PairEstimate], name_a: str, name_b: str
-) -> pd.DataFrame:
-    """Two runs' MI per (encoder, landmark), a pair measured by only one of them included,
-    with the difference B - A in nats."""
-    merged = to_frame(first).merge(
-        to_frame(second), on=["encoder", "landmark"], suffixes=(" A", " B"), how="outer"
-    )
-    return pd.DataFrame(
-        {
-            "Network": merged["encoder"].map(labels.encoder),
-            "Landmark": merged["landmark"].map(labels.landmark),
-            f"A: {name_a}": merged["mi A"].round(DECIMALS),
-            f"B: {name_b}": merged["mi B"].round(DECIMALS),
-            "B - A (nats)": (merged["mi B"] - merged["mi A"]).round(DECIMALS),
-        }
-    )

@@ -236,3 +236,33 @@ def test_repeat_with_more_seeds_queues_the_same_config(three_runs):
     for job in jobs:
         assert job.config.lr == base["lr"] and job.config.epochs == base["epochs"]
         job.stop()
+
+
+def test_the_compared_runs_csv_holds_each_entry_s_numbers(three_runs):
+    import io
+
+    import pandas as pd
+    from ui import run_groups
+
+    root, seed0, seed1, other = three_runs
+    infos = {i.name: i for i in state.list_runs()}
+    entries = run_groups.shown([infos[seed0], infos[seed1], infos[other]], by_seed=True)
+    table = pd.read_csv(io.BytesIO(run_groups.compared_csv(entries)))
+    assert list(table.columns) == [
+        "entry",
+        "runs",
+        "seeds",
+        "encoder",
+        "landmark",
+        "mi",
+        "std_error",
+        "runs_averaged",
+    ]
+    group = table[table["runs_averaged"] == 2]
+    assert set(group["runs"]) == {f"{seed0} {seed1}"} and set(group["seeds"]) == {"0 1"}
+    a, b = _mi(root, seed0), _mi(root, seed1)
+    for row in group.itertuples():
+        pair = (row.encoder, row.landmark)
+        assert row.mi == pytest.approx((a[pair] + b[pair]) / 2)
+    alone = table[table["entry"] == other]
+    assert len(alone) == len(_mi(root, other)) and (alone["runs_averaged"] == 1).all()
