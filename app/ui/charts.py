@@ -30,6 +30,7 @@ __all__ = [
     "MAX_SHOWN_SIDE",
     "REGION_COLOURS",
     "PairCurve",
+    "bar_rows",
     "calibration_chart",
     "crop_outline",
     "image_figure",
@@ -132,6 +133,17 @@ def mi_curves(
     )
 
 
+def bar_rows(
+    estimates: Sequence[PairEstimate], landmarks: Sequence[str]
+) -> dict[str, list[PairEstimate | None]]:
+    """Per encoder (in the order they first appear), its estimate for each of
+    ``landmarks`` (``None`` where it has none): one row of bars."""
+    by_encoder: dict[str, dict[str, PairEstimate]] = {}
+    for estimate in estimates:
+        by_encoder.setdefault(estimate.representation, {})[estimate.target] = estimate
+    return {encoder: [found.get(lm) for lm in landmarks] for encoder, found in by_encoder.items()}
+
+
 def mi_bars(
     estimates: Sequence[PairEstimate], *, title: str = "What each network knows (nats)"
 ) -> go.Figure:
@@ -139,11 +151,7 @@ def mi_bars(
     first appear), error bars of one standard error; a pair without an estimate has no bar."""
     fig = go.Figure()
     landmarks = list(dict.fromkeys(e.target for e in estimates))
-    by_encoder: dict[str, dict[str, PairEstimate]] = {}
-    for estimate in estimates:
-        by_encoder.setdefault(estimate.representation, {})[estimate.target] = estimate
-    for encoder, found in by_encoder.items():
-        row = [found.get(lm) for lm in landmarks]
+    for encoder, row in bar_rows(estimates, landmarks).items():
         fig.add_trace(
             go.Bar(
                 x=[labels.landmark(lm) for lm in landmarks],

@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 from mist_core.comparison import ema
 
 from . import labels
+from .charts import bar_rows
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -194,11 +195,7 @@ def compare_bars(
     fig = go.Figure()
     landmarks = list(dict.fromkeys(e.target for table in tables.values() for e in table))
     for run, table in tables.items():
-        by_encoder: dict[str, dict[str, Estimate]] = {}
-        for estimate in table:
-            by_encoder.setdefault(estimate.representation, {})[estimate.target] = estimate
-        for encoder, found in by_encoder.items():
-            row = [found.get(lm) for lm in landmarks]
+        for encoder, row in bar_rows(table, landmarks).items():
             name = f"{run} · {labels.encoder_short(encoder)}"
             fig.add_trace(
                 go.Bar(
