@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from mist_core._rng import seeded
 from mist_core.distributions import conditional_transformed_normal, transformed_normal
 from mist_core.estimators.copula import EllipticalCopula
+from mist_core.training.ensemble import DensityEnsemble
 
 if TYPE_CHECKING:
     from mist_core.training.auto import AutoConfig
@@ -172,18 +173,24 @@ def flow_densities(
     deadline: float = math.inf,
     trainings_left: int = 1,
 ) -> dict[str, Density]:
-    """Flows of one kind for ``parts`` (q(y|x), q(y)), trained in canonical coordinates."""
+    """Flows of one kind for ``parts`` (q(y|x), q(y)), trained in canonical coordinates.
+    With ``config.ensemble > 1`` the q(y|x) flow is that many flows trained side by side and
+    read as their mixture (:class:`mist_core.training.ensemble.DensityEnsemble`)."""
     layer = FLOW_LAYERS[kind]
     dx, dy = fit[0].shape[1], fit[1].shape[1]
     with seeded(seed):
-        conditional = conditional_transformed_normal(
-            dy,
-            dx,
-            hidden_dims=config.hidden_dims,
-            transform_name="conditional_" + layer,
-            normalization=None,
-            n_transforms=config.n_transforms,
-        )
+        members = [
+            conditional_transformed_normal(
+                dy,
+                dx,
+                hidden_dims=config.hidden_dims,
+                transform_name="conditional_" + layer,
+                normalization=None,
+                n_transforms=config.n_transforms,
+            )
+            for _ in range(config.ensemble)
+        ]
+        conditional = members[0] if len(members) == 1 else DensityEnsemble(members)
         marginal = transformed_normal(
             dy,
             hidden_dims=config.hidden_dims,

@@ -237,6 +237,7 @@ def test_a_flow_cut_short_by_its_budget_warns():
     [
         ({"flows": ("bogus",)}, "unknown flows"),
         ({"folds": 0}, "folds must be >= 1"),
+        ({"ensemble": 0}, "ensemble must be >= 1"),
         ({"valid_fraction": 1.5}, "valid_fraction must lie in"),
         ({"valid_fraction": 0.0}, "valid_fraction must lie in"),
     ],
