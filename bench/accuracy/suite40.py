@@ -8,8 +8,9 @@ variant estimates the MI from them with the default 50/50 split. ``auto`` is
 ``estimate_mi(x, y)`` with its defaults: it chooses its densities without the truth.
 ``auto-no-student`` is the same without the Student-t copula among its candidates (the
 Student tasks of the benchmark are Student-t copulas, so this shows what the rest does
-there). ``auto-single-flow`` is ``auto`` with one flow per candidate of q(y|x) instead of
-its ensemble of three (``AutoConfig(ensemble=1)``, the default before 2026-12-03). The
+there). ``auto-single-flow`` is ``auto`` as it was before 2026-12-03: one flow per candidate of
+q(y|x) instead of an ensemble of two, and no averaged weights
+(``AutoConfig(ensemble=1, average_weights=False)``). The
 single estimators are those of BMI-8 (:data:`bench.accuracy.bmi.BMI_ESTIMATORS`).
 
 Rows are appended to a JSON-lines file as they finish (``--out``), so a long run can stop
@@ -72,6 +73,7 @@ def _estimate(task: str, variant: str, n: int, seed: int) -> dict:
             config = AutoConfig(
                 student=variant != "auto-no-student",
                 ensemble=1 if variant == "auto-single-flow" else AutoConfig.ensemble,
+                average_weights=variant != "auto-single-flow",
             )
             result = estimate_mi(x, y, device="cpu", seed=seed, auto=config)
             chosen = result.estimator

@@ -76,14 +76,16 @@ class AutoConfig:
         student: try the Student-t copula.
         hidden_dims, n_transforms: the flows' conditioner widths and layer count.
         ensemble: flows of q(y|x) trained from different initialisations, side by side, for
-            each flow candidate, which is then their equal-weight mixture (a deep ensemble;
-            1: one flow). q(y|x) has to learn a function of x from the fitting part, and
-            one early-stopped fit of it varies from seed to seed by more than the
-            difference it makes in q(y); averaging such fits raises its held-out
-            likelihood. About 2x a single flow's time for 3.
-        lr, weight_decay, batch_size, max_epochs, patience: the flows' training (AdamW; the rate
-            halves after 3 epochs without a better validation likelihood; training stops
-            after ``patience`` such epochs).
+            each flow candidate, which is then their equal-weight mixture (a deep ensemble,
+            :mod:`mist_core.training.ensemble`; 1: one flow). q(y|x) has to learn a function
+            of x from the fitting part, and its early-stopped fits differ from seed to seed;
+            their mixture generalises better. Measured on BMI's spiral tasks (N = 10,000),
+            held-out log q(y|x) rose by about 0.01 nats over the averaged weights alone
+            with 2 flows, and by 0.02-0.05 without averaging; a mixture of q(y)'s flows
+            gained under 0.002. Each flow candidate of q(y|x) then takes about 1.5-2x.
+        average_weights: also validate a running average of each flow's weights (over
+            about two epochs of steps) and keep it where it scores better
+            (:func:`mist_core.training.candidates.train_density`).
         valid_fraction: share of the training split held out to choose and early-stop.
         folds: cross-fitting folds for an estimate that needs held-out data (1: one split
             of ``test_fraction``).
@@ -103,7 +105,8 @@ class AutoConfig:
     student: bool = True
     hidden_dims: tuple[int, ...] = (64, 64)
     n_transforms: int = 2
-    ensemble: int = 3
+    ensemble: int = 2
+    average_weights: bool = True
     lr: float = 3e-3
     weight_decay: float = 0.0
     batch_size: int = 256

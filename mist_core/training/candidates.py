@@ -119,7 +119,13 @@ def train_density(
 ) -> tuple[int, str]:
     """Maximum likelihood with early stopping on ``valid``, counting the starting point;
     the best state is loaded back. Returns the epochs run and what stopped them
-    (``"patience"``, ``"epochs"`` or ``"time"``)."""
+    (``"patience"``, ``"epochs"`` or ``"time"``).
+
+    With ``config.average_weights`` a running average of the weights (Polyak averaging:
+    an exponential average over about the last two epochs' steps) is validated beside the
+    weights themselves every epoch, and early stopping keeps whichever state scored best.
+    A flow that overfits within a few epochs jumps between noisy fits; their average
+    generalises better."""
     optimizer = torch.optim.AdamW(
         module.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -127,11 +133,20 @@ def train_density(
     generator = torch.Generator().manual_seed(seed)
     n = len(fit[0])
     batch = min(config.batch_size, n)
+    params = [p for p in module.parameters() if p.requires_grad]
+    average = [p.detach().clone() for p in params] if config.average_weights else []
+    steps_per_epoch = max(1, n // batch)
+    weight = 1.0 / (2 * steps_per_epoch)  # of the newest step in the running average
 
     def validate() -> float:
         module.eval()
         with torch.no_grad():
             return float(log_prob(*valid).mean())
+
+    def swap() -> None:  # the weights <-> their running average, in place
+        with torch.no_grad():
+            for p, a in zip(params, average, strict=True):
+                p.data, a.data = a.data, p.data
 
     best, best_state, waited, start = validate(), copy.deepcopy(module.state_dict()), 0, 0.0
     start = time.perf_counter()
@@ -145,12 +160,21 @@ def train_density(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if average:
+                with torch.no_grad():
+                    torch._foreach_lerp_(average, [p.detach() for p in params], weight)
         value = validate()
         schedule.step(-value)
-        if value > best + 1e-4:
-            best, best_state, waited = value, copy.deepcopy(module.state_dict()), 0
-        else:
-            waited += 1
+        improved = value > best + 1e-4
+        if improved:
+            best, best_state = value, copy.deepcopy(module.state_dict())
+        if average:
+            swap()
+            averaged = validate()
+            if averaged > best + 1e-4:
+                best, best_state, improved = averaged, copy.deepcopy(module.state_dict()), True
+            swap()
+        waited = 0 if improved else waited + 1
         if waited >= config.patience:
             stopped_by = "patience"
             break
