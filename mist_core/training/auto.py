@@ -15,6 +15,8 @@ needs no truth, and it is what :func:`auto_estimate` uses.
    autoregressive flows are trained, in canonical (CCA) coordinates on the residual of the
    linear Gaussian fit: an untrained flow *is* that fit, and early stopping on the
    validation part, counting the starting point, never leaves it for something worse.
+   Early stopping also looks at a running average of each flow's weights, and each flow
+   candidate of q(y|x) is a small ensemble of flows read as their mixture.
    Last, the mixture of that part's candidates (copula and flows), its weights fitted on
    the validation part and scored there by halves (each half with weights fitted on the
    other), so fitting the weights does not favour it.

@@ -149,6 +149,7 @@ def train_density(
                 p.data, a.data = a.data, p.data
 
     best, best_state, waited, start = validate(), copy.deepcopy(module.state_dict()), 0, 0.0
+    best_raw = best
     start = time.perf_counter()
     epochs, stopped_by = 0, "epochs"
     for epochs in range(1, config.max_epochs + 1):  # noqa: B007 - returned below
@@ -165,14 +166,18 @@ def train_density(
                     torch._foreach_lerp_(average, [p.detach() for p in params], weight)
         value = validate()
         schedule.step(-value)
-        improved = value > best + 1e-4
+        # patience and the rate follow the weights themselves; the state kept is the best
+        # seen of the weights and their average
+        improved = value > best_raw + 1e-4
         if improved:
+            best_raw = value
+        if value > best + 1e-4:
             best, best_state = value, copy.deepcopy(module.state_dict())
         if average:
             swap()
             averaged = validate()
             if averaged > best + 1e-4:
-                best, best_state, improved = averaged, copy.deepcopy(module.state_dict()), True
+                best, best_state = averaged, copy.deepcopy(module.state_dict())
             swap()
         waited = 0 if improved else waited + 1
         if waited >= config.patience:
