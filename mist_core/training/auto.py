@@ -15,8 +15,9 @@ needs no truth, and it is what :func:`auto_estimate` uses.
    autoregressive flows are trained, in canonical (CCA) coordinates on the residual of the
    linear Gaussian fit: an untrained flow *is* that fit, and early stopping on the
    validation part, counting the starting point, never leaves it for something worse.
-   Early stopping also looks at a running average of each flow's weights, and each flow
-   candidate of q(y|x) is a small ensemble of flows read as their mixture.
+   (Optionally, early stopping also looks at a running average of each flow's weights,
+   and each flow candidate of q(y|x) is a small ensemble of flows read as their mixture:
+   ``AutoConfig.average_weights``, ``AutoConfig.ensemble``.)
    Last, the mixture of that part's candidates (copula and flows), its weights fitted on
    the validation part and scored there by halves (each half with weights fitted on the
    other), so fitting the weights does not favour it.
@@ -79,15 +80,17 @@ class AutoConfig:
         hidden_dims, n_transforms: the flows' conditioner widths and layer count.
         ensemble: flows of q(y|x) trained from different initialisations, side by side, for
             each flow candidate, which is then their equal-weight mixture (a deep ensemble,
-            :mod:`mist_core.training.ensemble`; 1: one flow). q(y|x) has to learn a function
-            of x from the fitting part, and its early-stopped fits differ from seed to seed;
-            their mixture generalises better. Measured on BMI's spiral tasks (N = 10,000),
-            held-out log q(y|x) rose by about 0.01 nats over the averaged weights alone
-            with 2 flows, and by 0.02-0.05 without averaging; a mixture of q(y)'s flows
-            gained under 0.002. Each flow candidate of q(y|x) then takes about 1.5-2x.
+            :mod:`mist_core.training.ensemble`; 1, the default: one flow).
         average_weights: also validate a running average of each flow's weights (over
             about two epochs of steps) and keep it where it scores better
             (:func:`mist_core.training.candidates.train_density`).
+
+            Both raise the held-out likelihood of q(y|x) where it is hard to fit (on BMI's
+            spiral tasks at N = 10,000, by about 0.01-0.03 nats each), but they are off by
+            default: on all 40 BMI tasks (5 seeds, ``ensemble=2, average_weights=True``)
+            the MAE did not improve (0.035 against 0.034; one spiral task more within 0.1
+            nats, one fewer), and a call took 1.5-1.6x as long (``bench/README.md``,
+            BMI-40, variant ``auto-ensemble``).
         valid_fraction: share of the training split held out to choose and early-stop.
         folds: cross-fitting folds for an estimate that needs held-out data (1: one split
             of ``test_fraction``).
@@ -107,8 +110,8 @@ class AutoConfig:
     student: bool = True
     hidden_dims: tuple[int, ...] = (64, 64)
     n_transforms: int = 2
-    ensemble: int = 2
-    average_weights: bool = True
+    ensemble: int = 1
+    average_weights: bool = False
     lr: float = 3e-3
     weight_decay: float = 0.0
     batch_size: int = 256
