@@ -7,8 +7,9 @@ objective, so the copies are independent fits of the same model; their mixture i
 density, and on held-out data it scores at least as well as its average copy (the log of a
 mean is at least the mean of the logs), usually better: where one early-stopped fit
 overfits or underfits, the others differ. ``estimate_mi``'s ``"auto"`` uses it for its
-flow candidates of q(y|x) (``AutoConfig.ensemble``), which the held-out likelihood then
-weighs against the other candidates as it weighs any density.
+flow candidates of q(y|x) when ``AutoConfig.ensemble > 1`` (off by default: see that
+field), and the held-out likelihood then weighs it against the other candidates as it
+weighs any density.
 """
 
 from __future__ import annotations
