@@ -16,6 +16,15 @@ from mist_core.training.candidates import Canonical, flow_densities
 from mist_core.training.ensemble import DensityEnsemble
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Flows on small batches: more threads only add contention (as in test_auto)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def _members(k: int, kind: str = "spline") -> list[torch.nn.Module]:
     torch.manual_seed(0)
     return [
@@ -79,17 +88,12 @@ def test_auto_trains_an_ensemble_of_conditional_flows():
     y = torch.stack([torch.sin(2 * x[:, 0]) * x[:, 1], x[:, 0] ** 2], 1) + 0.3 * torch.randn(n, 2)
     fit, valid = (x[:2000].double(), y[:2000].double()), (x[2000:].double(), y[2000:].double())
     config = AutoConfig(hidden_dims=(32, 32), max_epochs=30, max_seconds=600, ensemble=3)
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        density = flow_densities(
-            "affine", Canonical(*fit), fit, valid, config, seed=0, parts=("conditional",)
-        )["conditional"]
-    finally:
-        torch.set_num_threads(saved)
+    canon = Canonical(*fit)
+    density = flow_densities("affine", canon, fit, valid, config, seed=0, parts=("conditional",))[
+        "conditional"
+    ]
     ensemble = density.module
     assert isinstance(ensemble, DensityEnsemble) and ensemble.size == 3
-    canon = Canonical(*fit)
     with torch.no_grad():
         x_c, y_c = canon.x_coords(valid[0]), canon.y_coords(valid[1])
         r = canon.residual(x_c, y_c).float()
@@ -110,26 +114,21 @@ def test_averaged_weights_are_kept_where_they_validate_better():
     fit, valid = (x[:800].double(), y[:800].double()), (x[800:].double(), y[800:].double())
     canon = Canonical(*fit)
     scores = {}
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for averaged in (False, True):
-            config = AutoConfig(
-                hidden_dims=(32, 32),
-                lr=3e-2,
-                batch_size=64,
-                max_epochs=15,
-                patience=15,
-                max_seconds=600,
-                ensemble=1,
-                average_weights=averaged,
-            )
-            density = flow_densities(
-                "affine", canon, fit, valid, config, seed=0, parts=("conditional",)
-            )["conditional"]
-            with torch.no_grad():
-                scores[averaged] = float(density.log_prob(*valid).mean())
-            assert density.epochs == 15
-    finally:
-        torch.set_num_threads(saved)
+    for averaged in (False, True):
+        config = AutoConfig(
+            hidden_dims=(32, 32),
+            lr=3e-2,
+            batch_size=64,
+            max_epochs=15,
+            patience=15,
+            max_seconds=600,
+            ensemble=1,
+            average_weights=averaged,
+        )
+        density = flow_densities(
+            "affine", canon, fit, valid, config, seed=0, parts=("conditional",)
+        )["conditional"]
+        with torch.no_grad():
+            scores[averaged] = float(density.log_prob(*valid).mean())
+        assert density.epochs == 15
     assert scores[True] > scores[False]
