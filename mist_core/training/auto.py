@@ -28,6 +28,13 @@ needs no truth, and it is what :func:`auto_estimate` uses.
    its finite-sample bias. Otherwise the chosen densities are refitted on each fold's
    complement and the mean of :math:`\log q(y|x) - \log q(y)` is taken over every
    held-out fold (cross-fitting), as far as ``time_budget`` allows.
+5. On the same held-out folds, the chosen q(y|x) also gives a lower bound on the MI, the
+   contrastive (InfoNCE) bound with :math:`\log q(y|x)` as its critic
+   (:mod:`mist_core.training.contrastive`). Where q(y|x) misses structure that q(y) cannot
+   make up for, the DoE estimate falls below the truth, and the bound, which keeps the
+   part of q(y|x)'s error its own marginal shares, can sit above it. A lower bound above
+   an estimate by more than ``margin`` standard errors of their paired difference shows
+   the estimate is too low, and the bound is reported instead (``details["read_out"]``).
 
 What it does not do: compare coordinate systems. A density of the Gaussianised y and one of
 the raw y differ by the Gaussianiser's Jacobian, which for an empirical CDF is a noisy
@@ -64,6 +71,7 @@ from mist_core.training.candidates import (
     mixture_density,
     split,
 )
+from mist_core.training.contrastive import contrastive_terms
 
 __all__ = ["AutoConfig", "AutoDoE", "AutoOutcome", "auto_estimate"]
 
@@ -103,6 +111,10 @@ class AutoConfig:
         time_budget: seconds for the whole call: the flows share what is left of it, and
             cross-fitting stops at the folds that fit in it (the estimate then averages
             fewer held-out samples; ``details["evaluated_on"]`` says how many folds).
+        contrasts: after cross-fitting, held-out x's each held-out sample is contrasted
+            with in the contrastive lower bound read from the chosen q(y|x)
+            (:mod:`mist_core.training.contrastive`; the bound is never above log of this);
+            0: no bound.
     """
 
     flows: tuple[str, ...] = ("affine", "spline")
@@ -123,6 +135,7 @@ class AutoConfig:
     min_gain: float = 2e-3
     max_seconds: float = 40.0
     time_budget: float = 100.0
+    contrasts: int = 256
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.flows if name not in FLOW_LAYERS]
@@ -130,6 +143,8 @@ class AutoConfig:
             raise ValueError(f"unknown flows {unknown}; valid: {', '.join(FLOW_LAYERS)}")
         if self.ensemble < 1:
             raise ValueError(f"ensemble must be >= 1 (1: a single flow), got {self.ensemble}")
+        if self.contrasts == 1 or self.contrasts < 0:
+            raise ValueError(f"contrasts must be 0 (no bound) or >= 2, got {self.contrasts}")
         if self.folds < 1:
             raise ValueError(f"folds must be >= 1, got {self.folds}")
         if not 0.0 < self.valid_fraction < 1.0:
@@ -285,15 +300,17 @@ def _cross_fit(
     config: AutoConfig,
     seed: int,
     deadline: float,
-) -> tuple[Tensor, Density, Density, str]:
+) -> tuple[Tensor, Tensor | None, Density, Density, str]:
     """``log q(y|x) - log q(y)`` on every held-out fold ``[n]`` (the first fold's densities
     are ``chosen``; the others' are refitted on their complements, while time allows), the
-    last fold's densities, and a phrase saying what was evaluated."""
+    contrastive bound's terms on the same folds with the same q(y|x) (None with
+    ``config.contrasts == 0``), the last fold's densities, and a phrase saying what was
+    evaluated."""
     conditional, marginal = chosen
     names = (conditional.name, marginal.name)
     fold_cost = conditional.seconds + marginal.seconds
     zx, zy = z
-    pieces = []
+    pieces, bounds = [], []
     for k, test in enumerate(folds if config.folds > 1 else folds[:1]):
         if k > 0 and time.perf_counter() + fold_cost > deadline:
             break  # out of time: the folds done so far
@@ -307,6 +324,13 @@ def _cross_fit(
             pieces.append(
                 conditional.log_prob(zx[test], zy[test]) - marginal.log_prob(zx[test], zy[test])
             )
+        if config.contrasts:
+            start = time.perf_counter()
+            x, y = zx[test], zy[test]
+            terms = contrastive_terms(conditional.log_prob, x, y, config.contrasts, seed + k)
+            bounds.append(terms)
+            if k == 0:
+                fold_cost += time.perf_counter() - start
     if config.folds == 1:
         where = "held-out test split"
     elif len(pieces) == config.folds:
@@ -316,7 +340,28 @@ def _cross_fit(
             f"{len(pieces)} of {config.folds} cross-fitting folds (time budget of "
             f"{config.time_budget:g} s)"
         )
-    return torch.cat(pieces), conditional, marginal, where
+    bound = torch.cat(bounds) if bounds else None
+    return torch.cat(pieces), bound, conditional, marginal, where
+
+
+def _read_out(
+    doe: Tensor, bound: Tensor | None, config: AutoConfig, details: dict
+) -> tuple[Tensor, bool]:
+    """The DoE terms ``[n]``, or the contrastive bound's on the same samples where it is
+    higher by more than ``margin`` standard errors of the paired difference (a lower bound
+    above an estimate shows the estimate is too low). Records both in ``details``."""
+    if bound is None:
+        return doe, False
+    diff = bound - doe
+    gain = float(diff.mean())
+    error = float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else math.inf
+    details.update(
+        contrastive_bound=float(bound.mean()),
+        contrastive_gain=gain,
+        contrastive_gain_std_error=error,
+        contrasts=min(config.contrasts, len(bound)),
+    )
+    return (bound, True) if gain > max(config.margin * error, config.min_gain) else (doe, False)
 
 
 def auto_estimate(
@@ -361,6 +406,7 @@ def auto_estimate(
         "n_valid": len(valid_index),
     }
     closed = conditional.module is None and conditional.name == marginal.name
+    contrastive = False
     if closed:
         start = time.perf_counter()
         copula = _COPULA_FITS[conditional.name](zx, zy)  # refitted on every sample
@@ -377,15 +423,34 @@ def auto_estimate(
         conditional, marginal = copula_densities(copula, 0.0)
         n_test = n
     else:
-        terms, conditional, marginal, details["evaluated_on"] = _cross_fit(
+        terms, bound, conditional, marginal, details["evaluated_on"] = _cross_fit(
             (conditional, marginal), (zx, zy), folds, config, seed, deadline
         )
+        details["doe_mi"] = float(terms.mean())
+        terms, contrastive = _read_out(terms, bound, config, details)
         mi = float(terms.mean())
         n_test = len(terms)
     std_error = float(terms.std() / math.sqrt(len(terms))) if len(terms) > 1 else math.nan
     details["reason"] = _reason(conditional.name, marginal.name, records_c, records_m, closed)
+    label = _label(conditional, marginal)
+    if contrastive:
+        label = f"{conditional.name} q(y|x), contrastive bound"
+        details["read_out"] = "contrastive bound"
+        details["reason"] += (
+            f"; the contrastive lower bound read from that q(y|x) was above the "
+            f"difference of entropies by {details['contrastive_gain']:.3f} +/- "
+            f"{details['contrastive_gain_std_error']:.3f} nats, so the estimate is the bound"
+        )
+    else:
+        details["read_out"] = "closed form" if closed else "difference of entropies"
     model = AutoDoE(gx, gy, conditional, marginal)
     warnings = _budget_warnings(conditional, marginal, conditionals + marginals, config)
+    if contrastive and mi > math.log(details["contrasts"]) - 0.5:
+        warnings += (
+            f"the contrastive bound ({mi:.2f} nats) is close to its ceiling, log of the "
+            f"{details['contrasts']} samples each is contrasted with: the MI may be higher; "
+            "raise AutoConfig.contrasts",
+        )
     if _near_singular(family.copula.corr):
         warnings += (
             "x and y (or coordinates within them) are nearly deterministic functions of "
@@ -397,7 +462,7 @@ def auto_estimate(
         mi=mi,
         std_error=std_error,
         log_ratio=terms.detach().float(),
-        estimator=_label(conditional, marginal),
+        estimator=label,
         model=model,
         details=details,
         n_train=n if closed else len(train),

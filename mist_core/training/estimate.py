@@ -138,7 +138,9 @@ def estimate_mi(
     (Gaussian and Student-t copulas in closed form, affine and spline flows) are fitted, and
     q(y|x) and q(y) are each chosen by held-out log-likelihood; a copula that wins both
     gives its closed-form MI on all samples less its finite-sample bias, anything else is
-    cross-fitted over five folds. ``result.estimator`` names the choice, ``result.details``
+    cross-fitted over five folds (and where the contrastive lower bound read from the
+    chosen q(y|x) on those folds is above that estimate, the bound is reported).
+    ``result.estimator`` names the choice, ``result.details``
     says why (``details["reason"]``) and on what it was evaluated. A discrete ``y`` (at most
     64 distinct rows) gets a classifier for q(y|x) and its class frequencies for q(y)
     (:mod:`mist_core.training.discrete`). ``auto`` (an
