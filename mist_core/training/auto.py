@@ -433,24 +433,13 @@ def auto_estimate(
     std_error = float(terms.std() / math.sqrt(len(terms))) if len(terms) > 1 else math.nan
     details["reason"] = _reason(conditional.name, marginal.name, records_c, records_m, closed)
     label = _label(conditional, marginal)
-    if contrastive:
-        label = f"{conditional.name} q(y|x), contrastive bound"
-        details["read_out"] = "contrastive bound"
-        details["reason"] += (
-            f"; the contrastive lower bound read from that q(y|x) was above the "
-            f"difference of entropies by {details['contrastive_gain']:.3f} +/- "
-            f"{details['contrastive_gain_std_error']:.3f} nats, so the estimate is the bound"
-        )
-    else:
-        details["read_out"] = "closed form" if closed else "difference of entropies"
     model = AutoDoE(gx, gy, conditional, marginal)
     warnings = _budget_warnings(conditional, marginal, conditionals + marginals, config)
-    if contrastive and mi > math.log(details["contrasts"]) - 0.5:
-        warnings += (
-            f"the contrastive bound ({mi:.2f} nats) is close to its ceiling, log of the "
-            f"{details['contrasts']} samples each is contrasted with: the MI may be higher; "
-            "raise AutoConfig.contrasts",
-        )
+    if contrastive:
+        label = f"{conditional.name} q(y|x), contrastive bound"
+        warnings += _explain_bound(details, mi)
+    else:
+        details["read_out"] = "closed form" if closed else "difference of entropies"
     if _near_singular(family.copula.corr):
         warnings += (
             "x and y (or coordinates within them) are nearly deterministic functions of "
@@ -468,6 +457,24 @@ def auto_estimate(
         n_train=n if closed else len(train),
         n_test=n_test,
         warnings=warnings,
+    )
+
+
+def _explain_bound(details: dict, mi: float) -> tuple[str, ...]:
+    """Says in ``details`` that the contrastive bound is the estimate, and why; a warning
+    where the bound is near its ceiling, log K."""
+    details["read_out"] = "contrastive bound"
+    details["reason"] += (
+        "; the contrastive lower bound read from that q(y|x) was above the difference of "
+        f"entropies by {details['contrastive_gain']:.3f} +/- "
+        f"{details['contrastive_gain_std_error']:.3f} nats, so the estimate is the bound"
+    )
+    if mi <= math.log(details["contrasts"]) - 0.5:
+        return ()
+    return (
+        f"the contrastive bound ({mi:.2f} nats) is close to its ceiling, log of the "
+        f"{details['contrasts']} samples each is contrasted with: the MI may be higher; "
+        "raise AutoConfig.contrasts",
     )
 
 

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from mist_core.training.auto import AutoConfig, _read_out
+from mist_core.training.auto import AutoConfig, _explain_bound, _read_out
 from mist_core.training.contrastive import contrastive_terms
 
 RHO = 0.75
@@ -113,3 +113,16 @@ def test_contrasts_config_is_checked():
     with pytest.raises(ValueError, match="contrasts"):
         AutoConfig(contrasts=1)
     assert AutoConfig(contrasts=0).contrasts == 0
+
+
+def test_a_bound_near_its_ceiling_is_flagged():
+    """The bound is never above log K: read out within 0.5 nats of it, the MI may be
+    higher, and the warning says what to raise."""
+    details = {"reason": "q(y|x): affine flow", "contrastive_gain": 0.1}
+    details |= {"contrastive_gain_std_error": 0.01, "contrasts": 256}
+    assert _explain_bound(dict(details), mi=1.0) == ()
+    near = dict(details)
+    (warning,) = _explain_bound(near, mi=math.log(256) - 0.2)
+    assert "AutoConfig.contrasts" in warning and "ceiling" in warning
+    assert near["read_out"] == "contrastive bound"
+    assert "contrastive lower bound" in near["reason"]
