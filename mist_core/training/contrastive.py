@@ -45,28 +45,28 @@ def contrastive_terms(
     ``y: [n, D_y]``, whose mean is the bound (module docstring).
 
     ``log_conditional(x, y) -> [m]`` is log q(y|x) row by row, fitted without these samples.
-    Every sample is contrasted with the same K - 1 = ``min(contrasts, n) - 1`` others (a
-    seeded choice among the n): its own x takes the K-th place, or, for a sample that is one
-    of those K - 1, one more x does. Cost: n * K evaluations of q(y|x)."""
+    The samples are put in a seeded random cyclic order, and each one's set is its own x and
+    the K - 1 = ``min(contrasts, n) - 1`` that follow it there: every sample has its own
+    set (a set shared by all would move all their terms together, and their mean would
+    vary more than their standard error says), and every x serves in K sets.
+    Cost: n * K evaluations of q(y|x)."""
     n = len(x)
     k = min(contrasts, n)
     if k < 2:
         raise ValueError(f"the contrastive bound needs at least 2 samples, got {k}")
-    chosen = seeded_permutation(n, seed)[:k]  # [K]: the first K - 1 are everyone's contrasts
-    x_set = x[chosen]
+    order = seeded_permutation(n, seed)
+    place = torch.empty(n, dtype=torch.long)
+    place[order] = torch.arange(n)
+    sets = order[(place[:, None] + torch.arange(k)) % n]  # [n, K]; column 0: the sample
     rows = max(1, _PAIRS_PER_CALL // k)
-    pair_scores = []
+    pieces = []
     with torch.no_grad():
         for start in range(0, n, rows):
-            y_rows = y[start : start + rows]
-            m = len(y_rows)
-            scores = log_conditional(x_set.repeat(m, 1), y_rows.repeat_interleave(k, 0))
-            pair_scores.append(scores.double().view(m, k))
-        table = torch.cat(pair_scores)  # [n, K]: log q(y_i | x_chosen[j])
-        own = log_conditional(x, y).double()  # [n]
-    among_first = torch.zeros(n, dtype=torch.bool)
-    among_first[chosen[:-1]] = True
-    # a sample among the first K - 1 already sits in the set: the K-th x completes it
-    with_own = torch.cat([table[:, :-1], own[:, None]], dim=1).logsumexp(1)
-    denominator = torch.where(among_first, table.logsumexp(1), with_own)
-    return own - denominator + math.log(k)
+            index = sets[start : start + rows]
+            m = len(index)
+            scores = log_conditional(
+                x[index.reshape(-1)], y[start : start + m].repeat_interleave(k, 0)
+            )
+            table = scores.double().view(m, k)  # log q(y_i | x_j) for j in sample i's set
+            pieces.append(table[:, 0] - table.logsumexp(1) + math.log(k))
+    return torch.cat(pieces)

@@ -38,24 +38,25 @@ def _true_conditional(rho: float):
 
 
 def test_terms_follow_their_definition_sample_by_sample():
-    """n = 7, K = 4: each sample's set is its own x and K - 1 of the chosen others, found
-    here by reading the chosen order back and evaluating the sum directly."""
+    """n = 7, K = 4: each sample's set is its own x and the three that follow it in the
+    seeded cyclic order, read back here and summed directly."""
     x, y = _gaussian_pairs(7)
     log_q = _true_conditional(RHO)
     terms = contrastive_terms(log_q, x, y, contrasts=4, seed=3)
     from mist_core._rng import seeded_permutation
 
-    chosen = seeded_permutation(7, 3)[:4].tolist()
+    order = seeded_permutation(7, 3).tolist()
+    used = [0] * 7
     for i in range(7):
-        others = [k for k in chosen[:3] if k != i]
-        if len(others) == 3:  # i is not among the first K - 1: its own x completes the set
-            members = [*others, i]
-        else:  # i is among them: the K-th chosen x completes it
-            members = [*chosen[:3], chosen[3]]
+        p = order.index(i)
+        members = [order[(p + j) % 7] for j in range(4)]
+        for k in members[1:]:
+            used[k] += 1
         scores = torch.stack([log_q(x[k : k + 1], y[i : i + 1])[0] for k in members])
         expected = log_q(x[i : i + 1], y[i : i + 1])[0] - (scores.logsumexp(0) - math.log(4))
-        assert i in members and len(set(members)) == 4
+        assert members[0] == i and len(set(members)) == 4
         assert float(terms[i]) == pytest.approx(float(expected), abs=1e-10)
+    assert used == [3] * 7  # every x contrasts three other samples
 
 
 def test_a_conditional_that_ignores_x_gives_zero():
