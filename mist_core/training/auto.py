@@ -171,7 +171,8 @@ class AutoDoE(MIEstimator):
     """The densities :func:`auto_estimate` chose, as an estimator: ``terms(x, y)`` maps raw
     ``x: [N, D_x]``, ``y: [N, D_y]`` through the fitted Gaussianisers (for a discrete y:
     its class map) and returns
-    ``log q(y|x) - log q(y)`` per sample (nothing to train)."""
+    ``log q(y|x) - log q(y)`` per sample (nothing to train): the DoE's terms, also where
+    :func:`auto_estimate` read out the contrastive bound instead (``details["read_out"]``)."""
 
     closed_form = True
 
