@@ -328,8 +328,9 @@ def _cross_fit(
         if config.contrasts:
             start = time.perf_counter()
             x, y = zx[test], zy[test]
-            terms = contrastive_terms(conditional.log_prob, x, y, config.contrasts, seed + k)
-            bounds.append(terms)
+            bounds.append(
+                contrastive_terms(conditional.log_prob, x, y, config.contrasts, seed + k)
+            )
             if k == 0:
                 fold_cost += time.perf_counter() - start
     if config.folds == 1:

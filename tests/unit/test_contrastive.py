@@ -11,6 +11,7 @@ import math
 import pytest
 import torch
 
+from mist_core._rng import seeded_permutation
 from mist_core.training.auto import AutoConfig, _explain_bound, _read_out
 from mist_core.training.contrastive import contrastive_terms
 
@@ -43,8 +44,6 @@ def test_terms_follow_their_definition_sample_by_sample():
     x, y = _gaussian_pairs(7)
     log_q = _true_conditional(RHO)
     terms = contrastive_terms(log_q, x, y, contrasts=4, seed=3)
-    from mist_core._rng import seeded_permutation
-
     order = seeded_permutation(7, 3).tolist()
     used = [0] * 7
     for i in range(7):
