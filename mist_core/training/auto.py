@@ -69,6 +69,7 @@ from mist_core.training.candidates import (
     copula_densities,
     flow_densities,
     mixture_density,
+    paired_gain,
     split,
 )
 from mist_core.training.contrastive import contrastive_terms
@@ -301,12 +302,12 @@ def _cross_fit(
     config: AutoConfig,
     seed: int,
     deadline: float,
-) -> tuple[Tensor, Tensor | None, Density, Density, str]:
+) -> tuple[Tensor, tuple[Tensor, int] | None, Density, Density, str]:
     """``log q(y|x) - log q(y)`` on every held-out fold ``[n]`` (the first fold's densities
     are ``chosen``; the others' are refitted on their complements, while time allows), the
-    contrastive bound's terms on the same folds with the same q(y|x) (None with
-    ``config.contrasts == 0``), the last fold's densities, and a phrase saying what was
-    evaluated."""
+    contrastive bound's terms on the same folds with the same q(y|x) and the smallest
+    number of samples a set held, K (None with ``config.contrasts == 0``), the last fold's
+    densities, and a phrase saying what was evaluated."""
     conditional, marginal = chosen
     names = (conditional.name, marginal.name)
     fold_cost = conditional.seconds + marginal.seconds
@@ -342,28 +343,29 @@ def _cross_fit(
             f"{len(pieces)} of {config.folds} cross-fitting folds (time budget of "
             f"{config.time_budget:g} s)"
         )
-    bound = torch.cat(bounds) if bounds else None
+    smallest = min(len(test) for test in folds[: len(pieces)])
+    bound = (torch.cat(bounds), min(config.contrasts, smallest)) if bounds else None
     return torch.cat(pieces), bound, conditional, marginal, where
 
 
 def _read_out(
-    doe: Tensor, bound: Tensor | None, config: AutoConfig, details: dict
+    doe: Tensor, bound: tuple[Tensor, int] | None, config: AutoConfig, details: dict
 ) -> tuple[Tensor, bool]:
-    """The DoE terms ``[n]``, or the contrastive bound's on the same samples where it is
-    higher by more than ``margin`` standard errors of the paired difference (a lower bound
-    above an estimate shows the estimate is too low). Records both in ``details``."""
+    """The DoE terms ``[n]``, or the contrastive bound's ``bound = (terms [n], K)`` on the
+    same samples where it is higher by more than ``margin`` standard errors of the paired
+    difference (a lower bound above an estimate shows the estimate is too low). Records
+    both in ``details``."""
     if bound is None:
         return doe, False
-    diff = bound - doe
-    gain = float(diff.mean())
-    error = float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else math.inf
+    terms, contrasts = bound
+    gain, error, better = paired_gain(terms, doe, config.margin, config.min_gain)
     details.update(
-        contrastive_bound=float(bound.mean()),
+        contrastive_bound=float(terms.mean()),
         contrastive_gain=gain,
         contrastive_gain_std_error=error,
-        contrasts=min(config.contrasts, len(bound)),
+        contrasts=contrasts,
     )
-    return (bound, True) if gain > max(config.margin * error, config.min_gain) else (doe, False)
+    return (terms, True) if better else (doe, False)
 
 
 def auto_estimate(
@@ -437,11 +439,16 @@ def auto_estimate(
     label = _label(conditional, marginal)
     model = AutoDoE(gx, gy, conditional, marginal)
     warnings = _budget_warnings(conditional, marginal, conditionals + marginals, config)
+    details["read_out"] = (
+        "contrastive bound"
+        if contrastive
+        else "closed form"
+        if closed
+        else "difference of entropies"
+    )
     if contrastive:
         label = f"{conditional.name} q(y|x), contrastive bound"
         warnings += _explain_bound(details, mi)
-    else:
-        details["read_out"] = "closed form" if closed else "difference of entropies"
     if _near_singular(family.copula.corr):
         warnings += (
             "x and y (or coordinates within them) are nearly deterministic functions of "
@@ -463,9 +470,8 @@ def auto_estimate(
 
 
 def _explain_bound(details: dict, mi: float) -> tuple[str, ...]:
-    """Says in ``details`` that the contrastive bound is the estimate, and why; a warning
+    """Says in ``details["reason"]`` why the contrastive bound is the estimate; a warning
     where the bound is near its ceiling, log K."""
-    details["read_out"] = "contrastive bound"
     details["reason"] += (
         "; the contrastive lower bound read from that q(y|x) was above the difference of "
         f"entropies by {details['contrastive_gain']:.3f} +/- "

@@ -39,6 +39,7 @@ __all__ = [
     "copula_densities",
     "flow_densities",
     "mixture_density",
+    "paired_gain",
     "split",
     "train_density",
 ]
@@ -309,6 +310,17 @@ def mixture_density(components: list[Density], valid: tuple[Tensor, Tensor]) -> 
     )
 
 
+def paired_gain(
+    new: Tensor, old: Tensor, margin: float, min_gain: float
+) -> tuple[float, float, bool]:
+    """The mean of ``new - old`` (paired per-sample scores ``[n]``), its standard error,
+    and whether the gain is real: above both ``margin`` standard errors and ``min_gain``."""
+    diff = new - old
+    gain = float(diff.mean())
+    error = float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else math.inf
+    return gain, error, math.isfinite(gain) and gain > max(margin * error, min_gain)
+
+
 def choose(
     candidates: list[Density], valid: tuple[Tensor, Tensor], margin: float, min_gain: float
 ) -> tuple[int, list[dict]]:
@@ -335,12 +347,10 @@ def choose(
         if candidates[index].weights:
             record["weights"] = [round(w, 4) for w in candidates[index].weights]
         if index > 0:
-            diff = score - scores[chosen]
-            gain = float(diff.mean())
-            error = float(diff.std() / math.sqrt(len(diff))) if len(diff) > 1 else math.inf
+            gain, error, better = paired_gain(score, scores[chosen], margin, min_gain)
             record["gain_over_choice"] = gain
             record["gain_std_error"] = error
-            if math.isfinite(gain) and gain > max(margin * error, min_gain):
+            if better:
                 chosen = index
         records.append(record)
     return chosen, records

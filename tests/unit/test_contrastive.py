@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from mist_core._rng import seeded_permutation
-from mist_core.training.auto import AutoConfig, _explain_bound, _read_out
+from mist_core.training.auto import _COPULA_FITS, AutoConfig, _cross_fit, _explain_bound, _read_out
+from mist_core.training.candidates import copula_densities
 from mist_core.training.contrastive import contrastive_terms
 
 RHO = 0.75
@@ -98,15 +99,31 @@ def test_the_bound_replaces_the_estimate_only_when_higher_by_the_margin():
     config = AutoConfig()
     details: dict = {}
     higher = doe + 0.05 + 0.01 * torch.randn(2000, generator=g, dtype=torch.float64)
-    terms, used = _read_out(doe, higher, config, details)
+    terms, used = _read_out(doe, (higher, 256), config, details)
     assert used and terms is higher
     assert details["contrastive_gain"] == pytest.approx(0.05, abs=0.002)
     noisy = doe + 0.01 + 1.0 * torch.randn(2000, generator=g, dtype=torch.float64)
-    terms, used = _read_out(doe, noisy, config, details)
+    terms, used = _read_out(doe, (noisy, 256), config, details)
     assert not used and terms is doe
     assert details["contrastive_gain_std_error"] > 0.01
+    assert details["contrasts"] == 256
     terms, used = _read_out(doe, None, AutoConfig(contrasts=0), {})
     assert not used and terms is doe
+
+
+def test_cross_fitting_records_the_contrasts_each_fold_allowed():
+    """Five folds of 60 samples: each held-out sample is contrasted within its own fold, so
+    K is 60, not the 256 asked for (nor the 300 samples of all folds together)."""
+    x, y = _gaussian_pairs(300)
+    folds = list(torch.tensor_split(seeded_permutation(300, 0), 5))
+    rest = torch.cat(folds[1:])
+    chosen = copula_densities(_COPULA_FITS["Gaussian copula"](x[rest], y[rest]), 0.0)
+    config = AutoConfig(folds=5, flows=())
+    terms, bound, *_ = _cross_fit(chosen, (x, y), folds, config, seed=0, deadline=math.inf)
+    assert bound is not None
+    bound_terms, contrasts = bound
+    assert contrasts == 60 and bound_terms.shape == terms.shape == (300,)
+    assert _cross_fit(chosen, (x, y), folds, AutoConfig(contrasts=0), 0, math.inf)[1] is None
 
 
 def test_contrasts_config_is_checked():
@@ -124,5 +141,4 @@ def test_a_bound_near_its_ceiling_is_flagged():
     near = dict(details)
     (warning,) = _explain_bound(near, mi=math.log(256) - 0.2)
     assert "AutoConfig.contrasts" in warning and "ceiling" in warning
-    assert near["read_out"] == "contrastive bound"
     assert "contrastive lower bound" in near["reason"]
