@@ -47,6 +47,7 @@ def _idle(page) -> None:
 
 
 def measure(precision: str) -> dict:
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     work = Path(tempfile.mkdtemp(prefix="mist-dashboard-demo-"))
@@ -78,9 +79,18 @@ def measure(precision: str) -> dict:
             if precision != "auto":
                 page.get_by_text("Advanced settings").click()
                 box = page.locator('[data-testid="stSelectbox"]').filter(has_text="Arithmetic")
-                box.get_by_role("combobox").click()
-                page.get_by_role("option", name=PRECISION_LABELS[precision]).click()
+                for _ in range(5):  # a page rerun (a fragment's timer) can close the list
+                    box.get_by_role("combobox").click()
+                    try:
+                        page.get_by_role("option", name=PRECISION_LABELS[precision]).click(
+                            timeout=5_000
+                        )
+                        break
+                    except PlaywrightTimeout:
+                        continue
                 _idle(page)
+                if PRECISION_LABELS[precision] not in box.inner_text():
+                    raise RuntimeError(f"could not choose {PRECISION_LABELS[precision]!r}")
             start = page.locator(".st-key-start button")
             start.click()
             began = time.perf_counter()

@@ -27,20 +27,17 @@ densities, and the MI estimated from them, are unchanged.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, Subset
 
-from mist_core.data.synthetic_faces import SyntheticFaces
+from mist_core.calibration_faces import FaceBatch, count_faces, face_batches, holds_out
 from mist_core.experiment import LandmarkExperiment
-from mist_core.experiment.data import train_valid_indices
 from mist_core.posterior import pixel_grid
 
 __all__ = [
@@ -293,11 +290,14 @@ def evaluate_calibration(
     """The calibration of every density of a trained experiment over a split's faces.
 
     ``split`` is ``"test"``, ``"train"`` or ``"valid"`` (the training faces the experiment
-    holds out for validation: where a :class:`Recalibration` is fitted). The faces are
-    encoded at their own resolution (218 x 178), ``batch_size`` at a time, and every
-    landmark's densities are evaluated over its pixel grid as the Posteriors page draws
-    them (:func:`mist_core.posterior.landmark_maps`; the same numbers up to float
-    rounding): the marginal's map once, each encoder's for the whole batch at once.
+    holds out for validation: where a :class:`Recalibration` is fitted). The faces come
+    ``batch_size`` at a time with their representations
+    (:func:`mist_core.calibration_faces.face_batches`: the experiment's stored images and
+    cached features where it keeps them, else each face encoded at its own resolution),
+    and every landmark's densities are evaluated over the 218 x 178 pixel grid as the
+    Posteriors page draws them (:func:`mist_core.posterior.landmark_maps`; the same numbers
+    up to float rounding, and the stored images' rounding to whole grey levels): the
+    marginal's map once, each encoder's for the whole batch at once.
     ``progress(done, total)`` is called before each batch and at the end (it may raise to
     stop: a job's stop).
 
@@ -307,8 +307,8 @@ def evaluate_calibration(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    faces = _faces(experiment, split)
-    n = len(faces) if max_faces is None else min(max_faces, len(faces))
+    n = count_faces(experiment, split)
+    n = n if max_faces is None else min(max_faces, n)
     if n < 1:
         raise ValueError(f"the {split!r} split has no faces to evaluate")
     names = list(experiment.config.encoders)
@@ -317,17 +317,17 @@ def evaluate_calibration(
     model = experiment.model
     was_training = model.training
     model.eval()
-    batches = _face_batches(faces, n, batch_size, experiment.config.landmarks)
+    batches = face_batches(experiment, split, n, batch_size)
     done = 0
     try:
         with contextlib.closing(batches):  # (stops drawing at once on a stop)
-            for images, truths in batches:
+            for batch in batches:
                 if progress is not None:
                     progress(done, n)
-                scores = _batch_scores(experiment, images, truths, names, marginals)
+                scores = _batch_scores(experiment, batch, names, marginals)
                 for key, rows in scores.items():
                     found.setdefault(key, []).append(rows)
-                done += len(images)
+                done += len(batch)
         if progress is not None:
             progress(n, n)
     finally:
@@ -340,60 +340,26 @@ def evaluate_calibration(
     )
 
 
-def _face_batches(
-    faces: Dataset, n: int, batch_size: int, landmarks: Sequence[str]
-) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
-    """The first ``n`` faces, up to ``batch_size`` at a time, in order: ``images [B, 3, H, W]``
-    and ``{landmark: [B, 2]}``, the same tensors as ``faces[i]`` gives (a batch is cut where
-    the image size changes).
-
-    Drawn faces (:class:`SyntheticFaces`, or a subset of them) are drawn ahead in worker
-    processes (:meth:`SyntheticFaces.render_chunks`) while this process evaluates a batch;
-    closing the iterator kills them."""
-    source, indices = faces, list(range(n))
-    if isinstance(faces, Subset) and isinstance(faces.dataset, SyntheticFaces):
-        source, indices = faces.dataset, [int(faces.indices[i]) for i in indices]
-    if isinstance(source, SyntheticFaces):
-        for drawn, marks in source.render_chunks(indices, chunk_size=batch_size):
-            # as SyntheticFaces.__getitem__ converts them
-            images = torch.from_numpy(drawn).permute(0, 3, 1, 2).float().div_(255.0)
-            yield images, {name: torch.from_numpy(marks[name]).float() for name in landmarks}
-        return
-    for start in range(0, n, batch_size):
-        items = [faces[index] for index in range(start, min(n, start + batch_size))]
-        for _, run in itertools.groupby(items, key=lambda item: tuple(item["image"].shape)):
-            batch = list(run)
-            images = torch.stack([item["image"] for item in batch])
-            truths = {
-                name: torch.stack([torch.as_tensor(item[name]) for item in batch]).float()
-                for name in landmarks
-            }
-            yield images, truths
-
-
 @torch.no_grad()
 def _batch_scores(
     experiment: LandmarkExperiment,
-    images: Tensor,
-    truths: Mapping[str, Tensor],
+    batch: FaceBatch,
     names: Sequence[str],
     marginals: dict[tuple[str, int, int], Tensor],
 ) -> dict[tuple[str | None, str], np.ndarray]:
     """``{(encoder or None, landmark): [B, 3]}``: each face's HPD rank, ``-log q(truth)`` and
-    the distance from the most likely pixel to the truth, for ``images [B, 3, H, W]`` and
-    ``truths {landmark: [B, 2]}``.
+    the distance from the most likely pixel to the truth, for a batch of faces with their
+    representations.
 
     ``marginals`` caches the marginal's map ``[1, H * W]`` per landmark and grid size: it
     does not depend on the face."""
-    device = next(experiment.model.parameters()).device
-    images = images.to(device)
-    height, width = int(images.shape[-2]), int(images.shape[-1])
-    grid = pixel_grid(height, width).to(device)  # [H, W, 2]
-    features = {name: experiment.model.transforms[name](images) for name in names}  # [B, D]
+    height, width = batch.frame
+    features = batch.features  # {encoder: [B, D]}
+    grid = pixel_grid(height, width).to(next(iter(features.values())).device)  # [H, W, 2]
     estimators = experiment.pair_estimators.estimators
     out = {}
     for landmark in experiment.config.landmarks:
-        truth = truths[landmark].to(device)  # [B, 2]
+        truth = batch.truths[landmark]  # [B, 2]
         # q(landmark) is shared by the encoders' estimators: any pair of the landmark has it
         q_landmark = estimators[f"{names[0]};{landmark}"].q_Y
         key = (landmark, height, width)
@@ -404,7 +370,7 @@ def _batch_scores(
             q = estimators[f"{name};{landmark}"].q_Y_given_X
             context = features[name]
             log_prob = q.condition(context[:, None, None, :]).log_prob(grid)  # [B, H, W]
-            maps[name] = (log_prob.reshape(len(images), -1), q.condition(context).log_prob(truth))
+            maps[name] = (log_prob.reshape(len(batch), -1), q.condition(context).log_prob(truth))
         for encoder, (log_prob, at_truth) in maps.items():
             out[(encoder, landmark)] = _scores(log_prob, at_truth, truth, width)
     return out
@@ -419,18 +385,6 @@ def _scores(log_prob: Tensor, at_truth: Tensor, truth: Tensor, width: int) -> np
     mode = torch.stack([top % width, top // width], dim=-1).double() + 0.5  # [B or 1, 2]
     distance = torch.linalg.vector_norm(mode - truth.double(), dim=-1)
     return torch.stack([ranks, -at_truth.double(), distance], dim=-1).cpu().numpy()
-
-
-def _faces(experiment: LandmarkExperiment, split: str) -> Dataset:
-    if split != "valid":
-        return experiment.source_images(split)
-    config = experiment.config
-    train = experiment.source_images("train")
-    n = len(train)  # type: ignore[arg-type]
-    valid = train_valid_indices(n, config.valid_fraction, config.seed)[1]
-    if not valid:
-        raise ValueError("this experiment holds no faces out for validation (valid_fraction=0)")
-    return Subset(train, valid)
 
 
 def _summaries(
@@ -631,7 +585,7 @@ def calibrate(
         return None if progress is None else (lambda done, total: progress(split, done, total))
 
     fits: dict[tuple[str | None, str], Recalibration] = {}
-    if valid_faces != 0 and _holds_out(experiment):
+    if valid_faces != 0 and holds_out(experiment):
         valid = evaluate_calibration(
             experiment, "valid", levels=levels, max_faces=valid_faces, progress=reporter("valid")
         )
@@ -655,9 +609,3 @@ def calibrate(
             )
         )
     return CalibrationReport(tuple(levels), "test", tuple(rows))
-
-
-def _holds_out(experiment: LandmarkExperiment) -> bool:
-    config = experiment.config
-    n = len(experiment.source_images("train"))  # type: ignore[arg-type]
-    return bool(train_valid_indices(n, config.valid_fraction, config.seed)[1])

@@ -21,6 +21,14 @@ def _image_store_in_a_temporary_folder(tmp_path_factory):
         os.environ["MIST_IMAGE_CACHE"] = saved
 
 
+@pytest.fixture(autouse=True)
+def _image_cache_of_its_own(tmp_path_factory, monkeypatch):
+    """Each test starts with an empty image cache (decoded CelebA images and drawn faces,
+    mist_core.data.store and mist_core.data.face_cache): what one test drew never spares
+    another the drawing its stop or timing checks rely on."""
+    monkeypatch.setenv("MIST_IMAGE_CACHE", str(tmp_path_factory.mktemp("image-cache")))
+
+
 @pytest.fixture()
 def blocking_train(monkeypatch):
     """Jobs whose training is a wait (for ``release`` or a stop): the queue's rules without

@@ -18,6 +18,7 @@ __all__ = [
     "FACES",
     "LANDMARKS",
     "POSTERIOR_STYLES",
+    "SCHEDULES",
     "Label",
     "encoder",
     "encoder_help",
@@ -77,6 +78,12 @@ ESTIMATORS: Mapping[str, str] = {
 }
 
 #: ExperimentConfig.precision choices.
+#: The learning-rate schedules (mist_core.training.schedule), as a person reads them.
+SCHEDULES: Mapping[str, str] = {
+    "one-cycle": "Warm up, then slow down (one-cycle)",
+    "constant": "Constant",
+}
+
 ARITHMETIC: Mapping[str, str] = {
     "auto": "Automatic (16-bit where fast)",
     "float32": "32-bit (exact, reproducible)",

@@ -22,10 +22,18 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from mist_core.data.stopping import check_stop
+from mist_core.data.store import default_cache_dir
 from mist_core.freeze import is_frozen
 from mist_core.runs import write_atomic
 
-__all__ = ["MAX_TABLES", "FeatureCache", "WithFeatures", "compute_features", "module_fingerprint"]
+__all__ = [
+    "MAX_TABLES",
+    "FeatureCache",
+    "WithFeatures",
+    "compute_features",
+    "default_feature_cache",
+    "module_fingerprint",
+]
 
 #: Feature tables a :class:`FeatureCache` keeps in memory by default (least recently used
 #: dropped first): the dashboard's jobs share one cache across every config they train.
@@ -198,9 +206,20 @@ class FeatureCache:
     @staticmethod
     def _write(path: Path, table: Tensor) -> None:
         """Write atomically and durably: a reader never sees half a file, and a table that
-        was written is still whole after a power cut."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, save({"features": table.contiguous()}))
+        was written is still whole after a power cut. A disk that refuses (read-only, full)
+        is logged: the table stays in memory and the run goes on."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, save({"features": table.contiguous()}))
+        except OSError as error:
+            logger.warning("could not keep the features in %s (%s)", path, error)
+
+
+def default_feature_cache() -> FeatureCache:
+    """A cache that also keeps its tables on disk, in ``features/`` of the image cache's
+    folder (``$MIST_IMAGE_CACHE`` or ``~/.cache/mist/images``): a second run with the same
+    images and frozen encoder reads its features instead of computing them."""
+    return FeatureCache(directory=default_cache_dir() / "features")
 
 
 class WithFeatures(Dataset):

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from mist_core._rng import seeded_permutation
 from mist_core.data.celeba import CelebALandmarks
+from mist_core.data.face_cache import drawing_code_hash, load_drawn, save_drawn
 from mist_core.data.images import resize_images, to_uint8
 from mist_core.data.landmarks import LANDMARKS
 from mist_core.data.stopping import check_stop
@@ -90,7 +91,7 @@ def images_fingerprint(config: ExperimentConfig, split: str) -> str:
     c = config
     sizes = f"train={c.train_size},test={c.test_size},seed={c.seed}"
     source = (
-        "synthetic"
+        f"synthetic:{drawing_code_hash()}"  # features kept on disk follow the drawing code
         if c.dataset == "synthetic"
         else f"celeba:{Path(c.celeba_root or '').resolve()}"
     )
@@ -137,7 +138,12 @@ class _Preloaded(Dataset):
         batch_size: int,
         stop_event: threading.Event | None,
     ) -> None:
-        """Drawn in worker processes, then converted exactly as ``faces[i]`` would be."""
+        """Drawn in worker processes, then converted exactly as ``faces[i]`` would be; kept
+        on disk for the next run with the same faces (:mod:`mist_core.data.face_cache`)."""
+        saved = load_drawn(faces, image_size)
+        if saved is not None:
+            self.images, self.targets = saved
+            return
         n = len(faces)
         self.targets = {name: torch.empty((n, 2)) for name in LANDMARKS}
         done = 0
@@ -150,6 +156,7 @@ class _Preloaded(Dataset):
             for name, value in marks.items():
                 self.targets[name][done : done + len(drawn)] = torch.from_numpy(value)
             done += len(drawn)
+        save_drawn(faces, image_size, self.images, self.targets)
 
     def _decode(
         self,

@@ -15,7 +15,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from mist_core import distributed
 from mist_core._rng import seeded
-from mist_core.data.features import FeatureCache, WithFeatures, module_fingerprint
+from mist_core.data.features import (
+    FeatureCache,
+    WithFeatures,
+    default_feature_cache,
+    module_fingerprint,
+)
 from mist_core.data.landmarks import LANDMARKS
 from mist_core.devices import resolve_device
 from mist_core.distributions import conditional_transformed_normal, transformed_normal
@@ -221,7 +226,7 @@ class LandmarkExperiment:
     def _features(self, split: str) -> dict[str, Tensor]:
         if not self.config.feature_cache:
             return {}
-        cache = self.cache if self.cache is not None else FeatureCache()
+        cache = self.cache if self.cache is not None else default_feature_cache()
         self.cache = cache
         dataset = self._dataset(split)
         fingerprints = self.frozen_fingerprints()
@@ -329,6 +334,7 @@ class LandmarkExperiment:
             valid_percentage=0.0,
             max_epochs=c.epochs,
             lr=c.lr,
+            lr_schedule=c.lr_schedule,
             early_stopping=c.early_stopping,
             device=self.device,
             seed=c.seed,

@@ -12,7 +12,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from mist_core.data.features import FeatureCache
+from mist_core.data.features import FeatureCache, default_feature_cache
 from mist_core.data.stopping import PreparationStopped
 from mist_core.experiment.config import ExperimentConfig
 from mist_core.experiment.model import LandmarkExperiment
@@ -35,7 +35,9 @@ class PreparedImages:
     """
 
     def __init__(self, feature_cache: FeatureCache | None = None) -> None:
-        self.feature_cache = feature_cache if feature_cache is not None else FeatureCache()
+        self.feature_cache = (
+            feature_cache if feature_cache is not None else default_feature_cache()
+        )
         self._lock = threading.Lock()
         self._data: OrderedDict[str, dict] = OrderedDict()
         self._ready: set[str] = set()

@@ -39,6 +39,7 @@ from mist_core.training.parts import (
     Position,
     ProgressReport,
 )
+from mist_core.training.schedule import check_schedule_name, lr_factor
 from mist_core.training.state import Progress, ResumeFrom, TrainState
 
 __all__ = ["train_mi_estimator"]
@@ -53,6 +54,8 @@ class _Run:
     optimizer: torch.optim.Optimizer
     params: list[nn.Parameter]
     grad_clip: float | None
+    lr_schedule: str
+    base_lrs: list[float]
     train_loader: Iterable
     valid_loader: Iterable | None
     device: torch.device
@@ -92,6 +95,10 @@ def _train_step(run: _Run, batch: dict[str, Tensor], at: Position) -> None:
     terms.loss.backward()
     if run.grad_clip is not None:
         nn.utils.clip_grad_norm_(run.params, run.grad_clip)
+    if run.lr_schedule != "constant":
+        factor = lr_factor(run.lr_schedule, at.step, run.budget.total)
+        for group, base in zip(run.optimizer.param_groups, run.base_lrs, strict=True):
+            group["lr"] = base * factor
     run.optimizer.step()
     at.advance(batch_size_of(batch))
     with torch.no_grad():  # one device sync per step for the whole log line
@@ -221,6 +228,7 @@ def train_mi_estimator(
     batch_size: int = 64,
     optimizer: str = "adam",
     lr: float = 5e-4,
+    lr_schedule: str = "constant",
     weight_decay: float = 0.0,
     grad_clip: float | None = None,
     early_stopping: bool = True,
@@ -246,6 +254,9 @@ def train_mi_estimator(
         batch_size: used when the data are tensors, not a DataLoader.
         optimizer, lr, weight_decay, grad_clip: ``"adam"``, ``"adamw"`` or ``"sgd"``, its
             learning rate and weight decay, and a max gradient norm (``None``: no clipping).
+        lr_schedule: ``"constant"`` (``lr`` throughout) or ``"one-cycle"`` (a warm-up to
+            ``lr`` over the first quarter of the planned steps, then a cosine fall to ~0;
+            :mod:`mist_core.training.schedule`). A resumed run takes the rate of its step.
         early_stopping, patience: stop when the validation loss has not improved for
             ``patience`` validations, and restore the weights of the best one.
         eval_every: validate every this many steps (default: once per epoch, or 10 times
@@ -270,6 +281,7 @@ def train_mi_estimator(
     train_data = _training_data(
         estimator, train_data, data, max_epochs, max_iterations, valid_percentage, optimizer
     )
+    check_schedule_name(lr_schedule)
     if seed is not None:
         with GLOBAL_RNG_LOCK:  # not in the middle of another thread's seeded build
             torch.manual_seed(seed)
@@ -282,6 +294,8 @@ def train_mi_estimator(
     opt = make_optimizer(optimizer, params, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = Budget.steps_per_epoch(train_loader)
     budget = Budget.plan(max_epochs, max_iterations, steps_per_epoch, eval_every)
+    if lr_schedule != "constant":
+        lr_factor(lr_schedule, 0, budget.total)  # a run of unknown length is refused here
     at = Position.resume(resume)
     _resume_optimizer(opt, resume)
     run = _Run(
@@ -290,6 +304,8 @@ def train_mi_estimator(
         optimizer=opt,
         params=params,
         grad_clip=grad_clip,
+        lr_schedule=lr_schedule,
+        base_lrs=[lr for _ in opt.param_groups],
         train_loader=train_loader,
         valid_loader=valid_loader,
         device=device,

@@ -421,14 +421,14 @@ def test_batched_calibration_gives_the_face_by_face_numbers():
 
 
 def test_faces_of_other_sizes_go_to_separate_batches():
-    from mist_core.calibration import _face_batches
+    from mist_core.calibration_faces import _source_batches
 
     sizes = [(20, 16), (20, 16), (24, 16), (20, 16), (20, 16)]
     faces = [
         {"image": torch.full((3, *size), float(k)), "nose": torch.tensor([k, k + 0.5])}
         for k, size in enumerate(sizes)
     ]
-    batches = list(_face_batches(faces, 5, batch_size=4, landmarks=("nose",)))
+    batches = list(_source_batches(faces, 5, batch_size=4, landmarks=("nose",)))
     assert [tuple(images.shape) for images, _ in batches] == [
         (2, 3, 20, 16),
         (1, 3, 24, 16),
@@ -471,3 +471,55 @@ def test_a_stop_during_the_calibration_ends_the_drawing_workers_at_once():
         evaluate_calibration(experiment, batch_size=8, progress=progress)
     assert set(multiprocessing.active_children()) <= earlier
     assert experiment.model.training
+
+
+def test_a_preloaded_experiment_is_scored_from_its_stored_images_and_cached_features(
+    monkeypatch,
+):
+    """With the images kept at the encoders' size and the frozen encoder's features cached,
+    no face is drawn again; the ranks and NLLs are those of faces encoded at their own
+    resolution but for the stored images' rounding to whole grey levels."""
+    from mist_core.calibration import evaluate_calibration
+    from mist_core.data.synthetic_faces import SyntheticFaces
+    from mist_core.experiment import LandmarkExperiment, preset
+
+    config = preset(
+        "demo-cpu",
+        train_size=10,
+        test_size=6,
+        valid_fraction=0.3,
+        image_size=(32, 32),
+        encoders=("random_init", "trained"),
+        landmarks=("nose", "left_eye"),
+    )
+    stored = LandmarkExperiment(config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # densities that depend on the face, as after training
+        for parameter in stored.pair_estimators.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+        for module in stored.pair_estimators.modules():
+            if type(module).__name__ == "EMANorm" and module.features == 2:
+                module.mean.copy_(torch.tensor([89.0, 109.0]))
+                module.std.copy_(torch.tensor([12.0, 15.0]))
+    drawn = LandmarkExperiment(config.replace(preload=False))
+    drawn.model.load_state_dict(stored.model.state_dict())
+    stored.prepare(("train", "test"))
+
+    def no_drawing(*args, **kwargs):
+        raise AssertionError("a face was drawn again")
+
+    monkeypatch.setattr(SyntheticFaces, "render_chunks", no_drawing)
+    monkeypatch.setattr(SyntheticFaces, "__getitem__", no_drawing)
+    for split, n in (("test", 6), ("valid", 3)):
+        from_store = evaluate_calibration(stored, split, levels=(0.5,), batch_size=4)
+        monkeypatch.undo()
+        from_faces = evaluate_calibration(drawn, split, levels=(0.5,), batch_size=4)
+        monkeypatch.setattr(SyntheticFaces, "render_chunks", no_drawing)
+        monkeypatch.setattr(SyntheticFaces, "__getitem__", no_drawing)
+        for a, b in zip(from_store, from_faces, strict=True):
+            assert (a.encoder, a.landmark, a.n) == (b.encoder, b.landmark, n)
+            np.testing.assert_allclose(a.ranks, b.ranks, rtol=0, atol=0.01)
+            assert a.nll == pytest.approx(b.nll, rel=0.005)
+            if a.encoder is None:  # the marginal needs no image
+                assert a.ranks == pytest.approx(b.ranks, abs=1e-9)
+    assert torch.is_grad_enabled() and stored.model.training

@@ -106,6 +106,8 @@ BAD_FIELDS = [
     ("lr", "fast", r"lr must be a number in \(0, 1\], got 'fast'"),
     ("lr", float("nan"), r"lr must be a number in \(0, 1\], got nan"),
     ("lr", 2.0, r"lr must be a number in \(0, 1\], got 2.0"),
+    ("lr_schedule", "cosine", "lr_schedule must be one of constant, one-cycle; got 'cosine'"),
+    ("lr_schedule", 1, "lr_schedule must be a string, got 1"),
     ("early_stopping", "yes", "early_stopping must be true or false, got 'yes'"),
     ("early_stopping", 1, "early_stopping must be true or false, got 1"),
     ("device", "tpu", r"device must be one of auto, cpu, cuda, cuda:N .*got 'tpu'"),

@@ -225,13 +225,22 @@ def test_evaluate_mi_single_pair_returns_a_float():
     assert isinstance(value, float)
 
 
-def test_resume_mid_epoch_continues_exactly_where_it_stopped():
+@pytest.mark.parametrize("lr_schedule", ["constant", "one-cycle"])
+def test_resume_mid_epoch_continues_exactly_where_it_stopped(lr_schedule):
     """Stop mid-epoch, checkpoint, resume into a fresh model: the same steps and weights as
-    one uninterrupted run (the data order is fixed by seed and epoch)."""
+    one uninterrupted run (the data order is fixed by seed and epoch; a schedule's learning
+    rate by the step)."""
     from mist_core.training import ResumeFrom, TrainState
 
     x, y = _data(640)
-    settings = dict(max_epochs=3, batch_size=32, device="cpu", seed=7, early_stopping=False)
+    settings = dict(
+        max_epochs=3,
+        batch_size=32,
+        device="cpu",
+        seed=7,
+        early_stopping=False,
+        lr_schedule=lr_schedule,
+    )
 
     reference = _doe()
     full = train_mi_estimator(reference, (x, y), **settings)
@@ -296,3 +305,43 @@ def test_an_optimizer_state_of_another_layout_warns_and_training_goes_on():
             resume=ResumeFrom(0, 0, 0, other.state_dict()),
         )  # fmt: skip
     assert log.attrs["steps"] == 4
+
+
+def test_one_cycle_warms_up_then_cools_down_to_almost_nothing():
+    """The learning rate of every optimizer step (read by a global step hook): from lr/25 up
+    to lr at a quarter of the 54 steps, then down to ~0 at the last; constant by default."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    x, y = _data(640)
+    settings = dict(max_epochs=3, batch_size=32, device="cpu", seed=7, lr=2e-3)
+    seen: list[float] = []
+    handle = register_optimizer_step_pre_hook(
+        lambda optimizer, args, kwargs: seen.append(optimizer.param_groups[0]["lr"])
+    )
+    try:
+        train_mi_estimator(_doe(), (x, y), **settings, lr_schedule="one-cycle")
+        cycle, seen[:] = list(seen), []
+        train_mi_estimator(_doe(), (x, y), **settings)
+    finally:
+        handle.remove()
+    assert len(cycle) == 54 and seen == [2e-3] * 54
+    top = int(np.argmax(cycle))
+    assert top == round(0.25 * 53) and cycle[top] == pytest.approx(2e-3)
+    assert cycle[0] == pytest.approx(2e-3 / 25)
+    assert cycle[-1] < 1e-8
+    assert all(a < b for a, b in zip(cycle[:top], cycle[1 : top + 1], strict=True))
+    assert all(a > b for a, b in zip(cycle[top:-1], cycle[top + 1 :], strict=True))
+
+
+def test_a_schedule_needs_a_known_length():
+    x, y = _data(64)
+
+    def batches():  # an iterable of unknown length
+        yield {"x": x, "y": y}
+
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        train_mi_estimator(_doe(), (x, y), max_epochs=1, lr_schedule="cosine")
+    with pytest.raises(ValueError, match="needs to know the run's length"):
+        train_mi_estimator(
+            _doe(), batches(), max_epochs=1, lr_schedule="one-cycle", valid_percentage=0.0
+        )
