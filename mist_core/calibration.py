@@ -36,8 +36,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from mist_core.calibration_faces import FaceBatch, count_faces, face_batches, holds_out
 from mist_core.experiment import LandmarkExperiment
+from mist_core.experiment.faces import FaceBatch, count_faces, face_batches, holds_out
 from mist_core.posterior import pixel_grid
 
 __all__ = [
@@ -292,7 +292,7 @@ def evaluate_calibration(
     ``split`` is ``"test"``, ``"train"`` or ``"valid"`` (the training faces the experiment
     holds out for validation: where a :class:`Recalibration` is fitted). The faces come
     ``batch_size`` at a time with their representations
-    (:func:`mist_core.calibration_faces.face_batches`: the experiment's stored images and
+    (:func:`mist_core.experiment.faces.face_batches`: the experiment's stored images and
     cached features where it keeps them, else each face encoded at its own resolution),
     and every landmark's densities are evaluated over the 218 x 178 pixel grid as the
     Posteriors page draws them (:func:`mist_core.posterior.landmark_maps`; the same numbers

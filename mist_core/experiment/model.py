@@ -223,6 +223,11 @@ class LandmarkExperiment:
             self._dataset(split)
             self._features(split)
 
+    @property
+    def images_stored(self) -> bool:
+        """Whether the images are kept at the encoders' size (preloaded, or CelebA's store)."""
+        return self.config.preload or self.config.dataset == "celeba"
+
     def _features(self, split: str) -> dict[str, Tensor]:
         if not self.config.feature_cache:
             return {}
@@ -235,7 +240,9 @@ class LandmarkExperiment:
                 enc,
                 dataset,
                 self.fingerprint(split),
-                extra=f"image_size={tuple(self.config.image_size)}",
+                # stored images are rounded to whole grey levels; features of full-size
+                # drawn faces (preload=False) are another table
+                extra=f"image_size={tuple(self.config.image_size)},stored={self.images_stored}",
                 encoder_fingerprint=fingerprints[name],  # hashed once per experiment
                 batch_size=self.config.batch_size,
                 device=self.device,
@@ -278,8 +285,7 @@ class LandmarkExperiment:
             dataset = Subset(dataset, train_idx if split == "train" else valid_idx)
         shuffle = (split == "train") if shuffle is None else shuffle
         # decoded images (in memory, or the store's memory map) need no loader processes
-        decoded = self.config.preload or self.config.dataset == "celeba"
-        workers = 0 if decoded else self.config.num_workers
+        workers = 0 if self.images_stored else self.config.num_workers
         batch_size, sampler = self.config.batch_size, None
         world = distributed.world_size()
         if split == "train" and world > 1:

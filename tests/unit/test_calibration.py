@@ -421,7 +421,7 @@ def test_batched_calibration_gives_the_face_by_face_numbers():
 
 
 def test_faces_of_other_sizes_go_to_separate_batches():
-    from mist_core.calibration_faces import _source_batches
+    from mist_core.experiment.faces import _source_batches
 
     sizes = [(20, 16), (20, 16), (24, 16), (20, 16), (20, 16)]
     faces = [

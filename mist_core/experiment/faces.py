@@ -22,8 +22,8 @@ from torch.utils.data import Dataset, Subset
 
 from mist_core.data.landmarks import CELEBA_SIZE
 from mist_core.data.synthetic_faces import SyntheticFaces
-from mist_core.experiment import LandmarkExperiment
 from mist_core.experiment.data import train_valid_indices
+from mist_core.experiment.model import LandmarkExperiment
 
 __all__ = ["FaceBatch", "count_faces", "face_batches", "holds_out", "split_faces"]
 
@@ -43,8 +43,7 @@ class FaceBatch:
 
 def _prepared(experiment: LandmarkExperiment) -> bool:
     """Whether the experiment's loaders give its images at the encoders' size."""
-    config = experiment.config
-    return config.preload or config.dataset == "celeba"
+    return experiment.images_stored
 
 
 @torch.no_grad()
