@@ -41,11 +41,6 @@ class FaceBatch:
         return len(next(iter(self.truths.values())))
 
 
-def _prepared(experiment: LandmarkExperiment) -> bool:
-    """Whether the experiment's loaders give its images at the encoders' size."""
-    return experiment.images_stored
-
-
 @torch.no_grad()
 def face_batches(
     experiment: LandmarkExperiment, split: str, n: int, batch_size: int
@@ -53,13 +48,13 @@ def face_batches(
     """The first ``n`` faces of ``split`` (``"test"``, ``"valid"`` or ``"train"``), up to
     ``batch_size`` at a time, in order, with the model's encoders in evaluation mode (the
     caller sets it). Closing the iterator stops any drawing workers at once."""
+    if experiment.images_stored:
+        yield from _prepared_batches(experiment, split, n, batch_size)
+        return
     names = list(experiment.config.encoders)
     landmarks = experiment.config.landmarks
     transforms = experiment.model.transforms
     device = next(experiment.model.parameters()).device
-    if _prepared(experiment):
-        yield from _prepared_batches(experiment, split, n, batch_size)
-        return
     source = _source_batches(split_faces(experiment, split), n, batch_size, landmarks)
     with contextlib.closing(source):  # (stops drawing at once on a stop)
         for images, truths in source:
@@ -71,7 +66,7 @@ def face_batches(
 
 def count_faces(experiment: LandmarkExperiment, split: str) -> int:
     """How many faces :func:`face_batches` can give for ``split``."""
-    if _prepared(experiment):
+    if experiment.images_stored:
         _check_holds_out(experiment, split)
         return len(experiment.loader(split, shuffle=False).dataset)  # type: ignore[arg-type]
     return len(split_faces(experiment, split))  # type: ignore[arg-type]

@@ -344,6 +344,19 @@ def _plain_scores(log_prob: torch.Tensor, at_truth: float, truth: torch.Tensor) 
     return rank, -at_truth, math.dist((j + 0.5, i + 0.5), (float(truth[0]), float(truth[1])))
 
 
+def _densities_that_depend_on_the_face(experiment) -> None:
+    """Moves the heads away from the identity start (N(0, I) whatever the face): densities
+    over the image that depend on the face, with NLLs of 8-12 nats as after training."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in experiment.pair_estimators.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
+        for module in experiment.pair_estimators.modules():
+            if type(module).__name__ == "EMANorm" and module.features == 2:
+                module.mean.copy_(torch.tensor([89.0, 109.0]))
+                module.std.copy_(torch.tensor([12.0, 15.0]))
+
+
 def test_batched_calibration_gives_the_face_by_face_numbers():
     """evaluate_calibration evaluates faces in batches (one grid against a batch of
     contexts, the marginal's map once, ranks without sorting, faces drawn ahead in worker
@@ -363,16 +376,7 @@ def test_batched_calibration_gives_the_face_by_face_numbers():
         preload=False,
     )
     experiment = LandmarkExperiment(config)
-    # away from the identity start (N(0, I) whatever the face): densities over the image
-    # that depend on the face, with NLLs of 8-12 nats as after training
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for parameter in experiment.pair_estimators.parameters():
-            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
-        for module in experiment.pair_estimators.modules():
-            if type(module).__name__ == "EMANorm" and module.features == 2:
-                module.mean.copy_(torch.tensor([89.0, 109.0]))
-                module.std.copy_(torch.tensor([12.0, 15.0]))
+    _densities_that_depend_on_the_face(experiment)
     seen = []
     results = evaluate_calibration(
         experiment, levels=(0.5,), batch_size=3, progress=lambda *args: seen.append(args)
@@ -493,14 +497,7 @@ def test_a_preloaded_experiment_is_scored_from_its_stored_images_and_cached_feat
         landmarks=("nose", "left_eye"),
     )
     stored = LandmarkExperiment(config)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # densities that depend on the face, as after training
-        for parameter in stored.pair_estimators.parameters():
-            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
-        for module in stored.pair_estimators.modules():
-            if type(module).__name__ == "EMANorm" and module.features == 2:
-                module.mean.copy_(torch.tensor([89.0, 109.0]))
-                module.std.copy_(torch.tensor([12.0, 15.0]))
+    _densities_that_depend_on_the_face(stored)
     drawn = LandmarkExperiment(config.replace(preload=False))
     drawn.model.load_state_dict(stored.model.state_dict())
     stored.prepare(("train", "test"))
