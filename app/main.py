@@ -14,7 +14,11 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the `ui` package beside this file
 
-from ui import state  # noqa: E402
+from ui import garbage, state  # noqa: E402
+
+# once per process: Streamlit's full collection after every script run (every 2 s while a
+# training is watched) then skips the ~420,000 objects the imports made (ui/garbage.py)
+garbage.freeze_startup_objects()
 
 st.set_page_config(
     page_title="mist · what networks know about faces",

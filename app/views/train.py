@@ -35,6 +35,12 @@ if st.query_params.get("job") and job is None:
 #: What Start or Resume could not do on the previous run of this page (shown once).
 start_error = st.session_state.pop("start_error", None)
 
+#: Seconds between redraws of the live progress and curves. Each redraw costs CPU that a
+#: training on the same cores needs: the demo in the dashboard took 98.6 s from Start to
+#: finished with a redraw every second, 82.6 and 92.6 s every 2 s (2-core AMD EPYC, float32,
+#: headless Chromium on the same cores, ui/garbage.py's freeze in both; bench.dashboard_demo).
+LIVE_REFRESH_S = 2.0
+
 PRESET_HELP = {
     "demo-cpu": "The demo: built-in drawn faces, 1,800 small images for training, 1,200 held "
     "out for validation and 1,200 for the test, 4 epochs (about a minute and a half on a "
@@ -410,7 +416,8 @@ if shown is None:
     st.caption("Nothing is training yet from this page.")
 else:
     running = not shown.done
-    st.fragment(run_every=1.0 if running else None)(live)(shown.id, running, following_other)
+    every = LIVE_REFRESH_S if running else None
+    st.fragment(run_every=every)(live)(shown.id, running, following_other)
 if shown is None or shown.done:
     seen = tuple(j.id for j in registry.active())
     st.fragment(run_every=2.0)(watch_for_other_jobs)(seen)

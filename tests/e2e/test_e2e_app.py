@@ -97,7 +97,7 @@ def test_a_training_streams_live_values_and_stops(page, server, screenshot):
     appear(page, caption)
     first = int(LATEST.search(caption.inner_text()).group(1))
     deadline = time.monotonic() + 20
-    while True:  # the fragment redraws every second: the step must move on
+    while True:  # the fragment redraws every 2 s (LIVE_REFRESH_S): the step must move on
         step = int(LATEST.search(caption.inner_text()).group(1))
         if step > first:
             break
