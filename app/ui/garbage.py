@@ -4,9 +4,10 @@ Streamlit runs ``gc.collect(2)`` after every script run (``runner.postScriptGC``
 Train page's live view reruns every few seconds while a training runs. A full collection
 walks every object the collector tracks: about 420,000 once torch, torchvision, plotly,
 pandas and ``mist_core`` are imported, 0.26-0.42 s a collection on a 2-core AMD EPYC, all of
-it holding the GIL that the training thread needs between its tensor operations. The
-dashboard's demo took 165.5 and 168.7 s from Start to finished with a redraw every second,
-and 98.6 s without walking those objects (``bench.dashboard_demo``; the CLI takes 85 s).
+it holding the GIL that the training thread needs between its tensor operations. With a
+redraw every second the dashboard's demo took 120.6-168.7 s from Start to finished (4 runs)
+without the freeze below and 86.7-107.6 s (3 runs) with it (``bench.dashboard_demo``, 2-core
+AMD EPYC; the CLI takes 84-111 s).
 
 :func:`freeze_startup_objects` imports the dashboard's modules (so the libraries they import
 are loaded too), collects once, and moves every object alive then to the collector's

@@ -36,8 +36,8 @@ if st.query_params.get("job") and job is None:
 start_error = st.session_state.pop("start_error", None)
 
 #: Seconds between redraws of the live progress and curves. Each redraw costs CPU that a
-#: training on the same cores needs: the demo in the dashboard took 98.6 s from Start to
-#: finished with a redraw every second, 82.6 and 92.6 s every 2 s (2-core AMD EPYC, float32,
+#: training on the same cores needs: the demo in the dashboard took 86.7-107.6 s from Start to
+#: finished with a redraw every second, 82.6-92.6 s every 2 s (2-core AMD EPYC, float32,
 #: headless Chromium on the same cores, ui/garbage.py's freeze in both; bench.dashboard_demo).
 LIVE_REFRESH_S = 2.0
 
