@@ -54,16 +54,15 @@ import sys
 import threading
 import time
 import traceback
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from mist_core import distributed
 from mist_core.calibration import CalibrationReport, calibrate
 from mist_core.checkpoints import restore_checkpoint, run_store
+from mist_core.cli_samples import load_samples
 from mist_core.cli_text import (
     format_calibration,
     format_group_table,
@@ -336,79 +335,8 @@ def _save_calibration(run: Run, report: CalibrationReport) -> None:
     print(f"saved into {run.summary_path}")
 
 
-def _load_array(path: Path, what: str) -> np.ndarray:
-    """The array of a ``.npy`` file (``what`` names it in errors)."""
-    if not path.is_file():
-        raise ValueError(f"{what}: no such file {str(path)!r}")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:  # not .npy, or an array of objects
-        raise ValueError(
-            f"{path} is not a .npy file of numbers (numpy.save writes one)"
-        ) from error
-    if not isinstance(array, np.ndarray):  # np.load opened an archive: close it
-        array.close()
-        raise ValueError(f"{path} is a .npz archive: give it alone (estimate {path})")
-    return array
-
-
-def _load_npz(path: Path, x_name: str, y_name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Arrays ``x_name`` and ``y_name`` of a ``.npz`` file."""
-    if not path.is_file():
-        raise ValueError(f"no such file {str(path)!r}")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a .npz file (numpy.savez(file, x=x, y=y) writes one)")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            names = list(archive.files)
-            for name in (x_name, y_name):
-                if name not in names:
-                    found = ", ".join(names) if names else "none"
-                    raise KeyError(
-                        f"{path} has no array named {name!r} (its arrays: {found}); name "
-                        "them with --x NAME --y NAME"
-                    )
-            return archive[x_name], archive[y_name]
-    except KeyError as error:
-        raise ValueError(error.args[0]) from error
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{path} is not a readable .npz file ({error})") from error
-
-
-def _samples(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
-    """x and y as float32 arrays ``(N,)`` or ``(N, D)`` from ``args.files``."""
-    files = [Path(f).expanduser() for f in args.files]
-    if len(files) == 1:
-        if files[0].suffix == ".npy":
-            raise ValueError(
-                f"{files[0]} is one .npy file: give a .npz holding x and y, or two .npy "
-                "files (estimate X.npy Y.npy)"
-            )
-        x, y = _load_npz(files[0], args.x or "x", args.y or "y")
-        names = (args.x or "x", args.y or "y")
-    elif len(files) == 2:
-        if args.x or args.y:
-            raise ValueError("--x and --y name the arrays of one .npz file, not of two .npy files")
-        x, y = _load_array(files[0], "x"), _load_array(files[1], "y")
-        names = (str(files[0]), str(files[1]))
-    else:
-        raise ValueError(f"estimate takes one .npz file or two .npy files, got {len(files)} files")
-    for name, array in zip(names, (x, y), strict=True):
-        if array.dtype.kind not in "biuf":
-            raise ValueError(f"{name} holds {array.dtype} values: x and y must be numbers")
-        if array.ndim not in (1, 2):
-            raise ValueError(
-                f"{name} has shape {array.shape}: x and y must be (N,) or (N, D) arrays"
-            )
-    if len(x) != len(y):
-        raise ValueError(
-            f"x and y must hold the same number of samples (rows), got {len(x)} and {len(y)}"
-        )
-    return x.astype(np.float32), y.astype(np.float32)
-
-
 def _estimate(args: argparse.Namespace) -> int:
-    x, y = _samples(args)
+    x, y = load_samples(args.files, args.x, args.y)
     result = estimate_mi(x, y, estimator=args.estimator, seed=args.seed, device=args.device)
     warnings = list(getattr(result, "warnings", ()))
     details = dict(getattr(result, "details", None) or {})

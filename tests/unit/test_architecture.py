@@ -56,7 +56,13 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "mist_core.comparison",
     ),
     # 5: running it
-    ("mist_core.jobs", "mist_core.cli", "mist_core.cli_text", "mist_core.__main__"),
+    (
+        "mist_core.jobs",
+        "mist_core.cli",
+        "mist_core.cli_samples",
+        "mist_core.cli_text",
+        "mist_core.__main__",
+    ),
 )
 
 
